@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Brings up the local Postgres and Redis that scripts/run and scripts/test use.
+# Sourced, not executed. Idempotent: a second call reuses what is already up.
+#
+# Everything lives under .data/ (git-ignored). Servers run as a non-root user
+# (initdb refuses root), listen on loopback only, on ports of their own so they
+# never collide with a system Postgres or Redis.
+
+set -euo pipefail
+
+MATCHDAY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DATA_DIR="${MATCHDAY_DATA_DIR:-$MATCHDAY_ROOT/.data}"
+PG_PORT="${MATCHDAY_PG_PORT:-54329}"
+REDIS_PORT="${MATCHDAY_REDIS_PORT:-63799}"
+PG_USER=matchday
+
+log() { printf '\033[1;34m[matchday]\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  log "installing with apt: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  # Keep Debian from starting its own clusters/daemons; we run our own below.
+  if [ "$(id -u)" -eq 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    local remove_policy=1
+  fi
+  as_root apt-get update -qq || true
+  as_root apt-get install -y -qq "$@" >/dev/null
+  if [ "${remove_policy:-0}" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+
+pg_bindir() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    if [ -x "$dir/initdb" ]; then echo "$dir"; fi
+  done | sort -V | tail -n 1
+}
+
+ensure_packages() {
+  local missing=()
+  [ -n "$(pg_bindir)" ] || missing+=(postgresql)
+  command -v psql >/dev/null || missing+=(postgresql-client)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# The servers must not run as root. As root we use the `postgres` system user
+# (created by the Debian package), or create a `matchday` one.
+service_user() {
+  if [ "$(id -u)" -ne 0 ]; then id -un; return; fi
+  if id postgres >/dev/null 2>&1; then echo postgres; return; fi
+  id matchday >/dev/null 2>&1 || useradd --system --no-create-home matchday
+  echo matchday
+}
+
+run_as() {
+  local user="$1"; shift
+  if [ "$(id -un)" = "$user" ]; then "$@"; else runuser -u "$user" -- "$@"; fi
+}
+
+start_postgres() {
+  local user bindir pgdata
+  user="$(service_user)"
+  bindir="$(pg_bindir)"
+  pgdata="$DATA_DIR/pg"
+  mkdir -p "$DATA_DIR/logs"
+  chown "$user" "$DATA_DIR/logs"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    log "initialising Postgres in $pgdata"
+    mkdir -p "$pgdata"
+    chown "$user" "$pgdata"
+    chmod 700 "$pgdata"
+    run_as "$user" "$bindir/initdb" -D "$pgdata" -U "$PG_USER" --auth=trust \
+      --encoding=UTF8 --locale=C.UTF-8 >"$DATA_DIR/logs/initdb.log" 2>&1
+    cat >>"$pgdata/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$pgdata'
+max_connections = 300
+shared_buffers = 256MB
+CONF
+  fi
+  if run_as "$user" "$bindir/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    log "Postgres already running on port $PG_PORT"
+  else
+    log "starting Postgres on 127.0.0.1:$PG_PORT"
+    run_as "$user" "$bindir/pg_ctl" -D "$pgdata" -l "$DATA_DIR/logs/postgres.log" -w -t 60 start >/dev/null
+  fi
+  psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = 'matchday'" | grep -q 1 \
+    || psql_admin -c "CREATE DATABASE matchday" >/dev/null
+}
+
+psql_admin() {
+  psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres "$@"
+}
+
+start_redis() {
+  local user rdir
+  user="$(service_user)"
+  rdir="$DATA_DIR/redis"
+  mkdir -p "$rdir"
+  chown "$user" "$rdir"
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    log "Redis already running on port $REDIS_PORT"
+    return
+  fi
+  log "starting Redis on 127.0.0.1:$REDIS_PORT (AOF everysec)"
+  run_as "$user" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$rdir" \
+    --appendonly yes --appendfsync everysec --daemonize yes \
+    --logfile "$rdir/redis.log" --pidfile "$rdir/redis.pid" --save ''
+  for _ in $(seq 1 50); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  log "Redis did not come up; see $rdir/redis.log"
+  return 1
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+      export PATH="$HOME/.cargo/bin:$PATH"
+    else
+      log "cargo not found: install Rust (https://rustup.rs) and run again"
+      return 1
+    fi
+  fi
+}
+
+ensure_services() {
+  ensure_packages
+  start_postgres
+  start_redis
+  export MATCHDAY_PG_ADMIN_URL="postgres://$PG_USER@127.0.0.1:$PG_PORT/postgres"
+  export MATCHDAY_LOCAL_DATABASE_URL="postgres://$PG_USER@127.0.0.1:$PG_PORT/matchday"
+  export MATCHDAY_LOCAL_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+}

@@ -1,0 +1,109 @@
+//! Redis: the fan-out bus between replicas and home of fast shared counters.
+//!
+//! One command client and one subscriber connection per replica, never one per
+//! request or socket. Every key and channel carries `redis.key_prefix`, so
+//! several deployments (or test runs) can share one Redis. Redis is never the
+//! source of truth: whatever lives here can be rebuilt from Postgres.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Message;
+use tokio::sync::broadcast;
+
+use crate::config::RedisSettings;
+
+/// Errors talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// A replica's connections to Redis.
+#[derive(Clone)]
+pub struct Bus {
+    client: Client,
+    subscriber: fred::clients::SubscriberClient,
+    prefix: String,
+}
+
+impl Bus {
+    /// Creates the clients and starts connecting in the background; Redis
+    /// being down at start-up is reported by [`Bus::is_ready`], not fatal.
+    pub async fn connect(settings: &RedisSettings) -> Result<Bus, BusError> {
+        let config = Config::from_url(settings.url.expose())?;
+        let mut builder = Builder::from_config(config);
+        builder
+            // Retry forever, backing off to 2 s between attempts.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .with_connection_config(|connection| {
+                connection.connection_timeout = Duration::from_secs(2);
+                connection.internal_command_timeout = Duration::from_secs(2);
+            })
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = Duration::from_secs(2);
+            });
+        let client = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        for (name, result) in [
+            ("commands", client.init().await),
+            ("subscriber", subscriber.init().await),
+        ] {
+            if let Err(error) = result {
+                tracing::warn!(%error, connection = name, "redis is not reachable yet; retrying in the background");
+            }
+        }
+        // Resubscribe to every channel after a reconnect.
+        let _resubscriber = subscriber.manage_subscriptions();
+        Ok(Bus {
+            client,
+            subscriber,
+            prefix: settings.key_prefix.clone(),
+        })
+    }
+
+    /// The full name of a key or channel: the deployment prefix + `name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{}", self.prefix, name)
+    }
+
+    /// True when Redis answers PING within a second.
+    pub async fn is_ready(&self) -> bool {
+        let ping = self.client.ping::<String>(None);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Publishes `payload` on the prefixed `channel`.
+    pub async fn publish(&self, channel: &str, payload: String) -> Result<(), BusError> {
+        let _receivers: i64 = self.client.publish(self.key(channel), payload).await?;
+        Ok(())
+    }
+
+    /// Subscribes to the prefixed `channel`; messages for every subscribed
+    /// channel arrive on [`Bus::messages`].
+    pub async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
+        self.subscriber.subscribe(self.key(channel)).await?;
+        Ok(())
+    }
+
+    /// A receiver of pub/sub messages (bounded; a slow reader sees `Lagged`).
+    pub fn messages(&self) -> broadcast::Receiver<Message> {
+        self.subscriber.message_rx()
+    }
+
+    /// A receiver told of every reconnection of the subscriber connection, so
+    /// listeners can reload state they may have missed while disconnected.
+    pub fn reconnections(&self) -> broadcast::Receiver<fred::types::config::Server> {
+        self.subscriber.reconnect_rx()
+    }
+
+    /// Closes both connections.
+    pub async fn close(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+}

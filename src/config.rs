@@ -1,0 +1,249 @@
+//! Typed configuration: `config/default.toml`, then the file named by
+//! `MATCHDAY_CONFIG`, then `MATCHDAY__SECTION__KEY` environment variables.
+//!
+//! Secrets (`admin.token`, `auth.token_secret`, passwords inside URLs) are
+//! wrapped in [`Secret`], whose `Debug` never prints the value.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Every setting Matchday reads, grouped by section as in API.md's table.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
+    pub auth: AuthSettings,
+    pub accounts: AccountSettings,
+    pub trading: TradingSettings,
+    pub feed: FeedSettings,
+    pub pricing: PricingSettings,
+    pub broadcast: BroadcastSettings,
+    pub sales: SalesSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    /// HTTP worker threads; 0 means one per CPU.
+    pub workers: usize,
+    pub shutdown_timeout_seconds: u64,
+}
+
+/// Postgres, the source of truth.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: usize,
+}
+
+/// Redis, the fan-out bus and fast counters.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub key_prefix: String,
+}
+
+/// The operator's bearer token; `None` disables the admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AdminSettings {
+    pub token: Option<Secret>,
+}
+
+/// Bearer tokens and password hashing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub token_secret: Option<Secret>,
+    pub token_ttl_seconds: u64,
+    pub max_concurrent_hashes: usize,
+}
+
+/// New accounts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccountSettings {
+    pub starting_balance_cents: i64,
+}
+
+/// Orders and their guarantees.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TradingSettings {
+    pub lock_seconds: u64,
+    pub idempotency_retention_hours: u64,
+}
+
+/// Built-in match feed sources (live prices issue).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FeedSettings {
+    pub source: String,
+    pub replay_format: String,
+    pub replay_file: String,
+    pub replay_lineups: String,
+    pub replay_speed: f64,
+    pub replay_loop: bool,
+}
+
+/// The price engine (live prices issue).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PricingSettings {
+    pub tick_ms: u64,
+}
+
+/// WebSocket fan-out (live prices issue).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BroadcastSettings {
+    pub flush_ms: u64,
+}
+
+/// Drops (flash sales issue).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SalesSettings {
+    pub settlement_rate_per_sec: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// A string that must not appear in logs: `Debug` prints `[redacted]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads the layered configuration from the working directory's `config/`.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let overlay = std::env::var("MATCHDAY_CONFIG").ok();
+        Settings::load_from(Path::new("config"), overlay.as_deref())
+    }
+
+    /// Loads `dir/default.toml`, then `overlay` if given, then the environment.
+    pub fn load_from(dir: &Path, overlay: Option<&str>) -> Result<Settings, ConfigError> {
+        let defaults = dir.join("default.toml");
+        let mut builder = config::Config::builder()
+            // The defaults are compiled in too, so the binary runs from any
+            // directory; a `config/default.toml` on disk wins over them.
+            .add_source(config::File::from_str(
+                include_str!("../config/default.toml"),
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from(defaults).required(false));
+        if let Some(path) = overlay {
+            builder = builder.add_source(config::File::with_name(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("MATCHDAY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.accounts.starting_balance_cents < 0 {
+            return Err(ConfigError::Invalid(
+                "accounts.starting_balance_cents must be >= 0".into(),
+            ));
+        }
+        if let Some(token) = &self.admin.token {
+            if token.expose().len() < 8 {
+                return Err(ConfigError::Invalid(
+                    "admin.token must be at least 8 characters".into(),
+                ));
+            }
+        }
+        if let Some(secret) = &self.auth.token_secret {
+            if secret.expose().len() < 32 {
+                return Err(ConfigError::Invalid(
+                    "auth.token_secret must be at least 32 characters".into(),
+                ));
+            }
+        }
+        if self.auth.max_concurrent_hashes == 0 || self.database.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.max_concurrent_hashes and database.max_connections must be >= 1".into(),
+            ));
+        }
+        if self.trading.idempotency_retention_hours < 24 {
+            return Err(ConfigError::Invalid(
+                "trading.idempotency_retention_hours must be >= 24".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let settings = Settings::load_from(Path::new("config"), None).expect("defaults load");
+        let mut settings = settings;
+        settings.admin.token = Some(Secret::new("super-secret-admin"));
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("super-secret-admin"));
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn defaults_match_the_api_contract() {
+        let settings = Settings::load_from(Path::new("config"), None).expect("defaults load");
+        assert_eq!(settings.server.port, 8080);
+        assert_eq!(settings.trading.lock_seconds, 60);
+        assert_eq!(settings.accounts.starting_balance_cents, 1_000_000);
+        assert_eq!(settings.broadcast.flush_ms, 100);
+        assert_eq!(settings.pricing.tick_ms, 250);
+        assert!(settings.admin.token.is_none());
+    }
+}

@@ -1,0 +1,188 @@
+//! The API's error shape and the one place module errors become statuses.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::error::Unexpected;
+use crate::trading::{Rejection, TradingError};
+
+/// A non-2xx answer: `{"error": {"code", "message", ...}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after_ms: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<i64>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn invalid_input(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing, invalid, expired or revoked token",
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// A 500 that says nothing; the cause goes to the log.
+    pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    /// Adds `retry_after_ms` (and a `Retry-After` header in whole seconds).
+    pub fn retry_after(mut self, ms: i64) -> ApiError {
+        self.retry_after_ms = Some(ms);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(ms) = self.retry_after_ms {
+            let seconds = (ms.max(0) + 999) / 1000;
+            response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
+        }
+        response.json(Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                retry_after_ms: self.retry_after_ms,
+            },
+        })
+    }
+}
+
+impl From<Unexpected> for ApiError {
+    fn from(error: Unexpected) -> ApiError {
+        ApiError::internal(&error)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> ApiError {
+        match error {
+            AuthError::UsernameTaken => {
+                ApiError::new(StatusCode::CONFLICT, "username_taken", "username is taken")
+            }
+            AuthError::InvalidCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "invalid username or password",
+            ),
+            // A valid token whose user is gone is as good as no token.
+            AuthError::Unauthorized | AuthError::UnknownUser => ApiError::unauthorized(),
+            AuthError::Forbidden => ApiError::forbidden("not allowed"),
+            AuthError::Unexpected(cause) => ApiError::internal(&cause),
+        }
+    }
+}
+
+impl From<TradingError> for ApiError {
+    fn from(error: TradingError) -> ApiError {
+        match error {
+            TradingError::InProgress => ApiError::new(
+                StatusCode::CONFLICT,
+                "request_in_progress",
+                "a request with this idempotency key is still executing",
+            ),
+            TradingError::KeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this idempotency key was used with a different request",
+            ),
+            TradingError::PlayerLocked { retry_after_ms } => ApiError::new(
+                StatusCode::LOCKED,
+                "player_locked",
+                "trading on this player is suspended after a match event",
+            )
+            .retry_after(retry_after_ms),
+            TradingError::Unexpected(cause) => ApiError::internal(&cause),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> ApiError {
+        match rejection {
+            Rejection::UnknownPlayer => ApiError::not_found("no such player"),
+            Rejection::InsufficientFunds => ApiError::new(
+                StatusCode::CONFLICT,
+                "insufficient_funds",
+                "not enough spendable cash for this order",
+            ),
+            Rejection::InsufficientHoldings => ApiError::new(
+                StatusCode::CONFLICT,
+                "insufficient_holdings",
+                "not enough shares of this player to sell",
+            ),
+            Rejection::PriceMoved => ApiError::new(
+                StatusCode::CONFLICT,
+                "price_moved",
+                "the live price does not meet the limit price",
+            ),
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Request handlers: check the request (see `extract`), call one service,
+//! shape the answer (see `wire`). No business rules live here.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::error::ApiError;
+use super::extract;
+use super::wire::*;
+use super::AppState;
+use crate::auth::{Password, Username, MAX_BULK_USERS, MAX_OPENING_BALANCE_CENTS};
+use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
+use crate::idempotency;
+use crate::players::{NewPlayer, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
+use crate::trading::{NewOrder, ORDERS_ENDPOINT};
+
+type Reply = Result<HttpResponse, ApiError>;
+
+/// Default and maximum `limit` of `/players/{id}/history`.
+const HISTORY_LIMIT: (i64, i64) = (500, 5_000);
+/// Default and maximum `limit` of `/orders`.
+const ORDERS_LIMIT: (i64, i64) = (50, 500);
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let (postgres, redis) = tokio::join!(crate::db::is_ready(&state.pool), state.bus.is_ready());
+    let status = if postgres && redis {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(serde_json::json!({"postgres": postgres, "redis": redis}))
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+fn parse_credentials(body: &CredentialsRequest) -> Result<(Username, Password), ApiError> {
+    let username = Username::parse(&body.username).ok_or_else(|| {
+        ApiError::invalid_input("username must be 3-32 characters of a-z, 0-9 and _")
+    })?;
+    let password = Password::parse(&body.password)
+        .ok_or_else(|| ApiError::invalid_input("password must be 8-128 characters"))?;
+    Ok((username, password))
+}
+
+pub async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    let body: CredentialsRequest = extract::json(&req, payload).await?;
+    let (username, password) = parse_credentials(&body)?;
+    let (user_id, token) = state.auth.register(&username, password).await?;
+    Ok(HttpResponse::Created().json(RegisterResponse {
+        user_id: user_id.0,
+        username: username.as_str().to_string(),
+        token,
+        balance_cents: state.auth.starting_balance().get(),
+    }))
+}
+
+pub async fn login(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Reply {
+    let body: CredentialsRequest = extract::json(&req, payload).await?;
+    // A name or password that could never have been registered cannot
+    // match: same answer as a wrong password, without revealing which.
+    let username = Username::parse(&body.username).ok_or_else(invalid_credentials)?;
+    if body.password.chars().count() > 128 {
+        return Err(invalid_credentials());
+    }
+    let (user_id, username, token) = state.auth.login(&username, &body.password).await?;
+    Ok(HttpResponse::Ok().json(LoginResponse {
+        user_id: user_id.0,
+        username,
+        token,
+    }))
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::from(crate::auth::AuthError::InvalidCredentials)
+}
+
+pub async fn logout(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    let claims = extract::user(&req, &state.auth)?;
+    state.auth.logout(&claims, &state.bus).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    let claims = extract::user(&req, &state.auth)?;
+    let user = state.auth.me(claims.user_id).await?;
+    Ok(HttpResponse::Ok().json(MeResponse::from(user)))
+}
+
+pub async fn bulk_users(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    extract::admin(&req, &state.auth)?;
+    let body: BulkUsersRequest = extract::json(&req, payload).await?;
+    if !(1..=MAX_BULK_USERS).contains(&body.count) {
+        return Err(ApiError::invalid_input(format!(
+            "count must be 1-{MAX_BULK_USERS}"
+        )));
+    }
+    let balance = body
+        .balance_cents
+        .unwrap_or(state.auth.starting_balance().get());
+    if !(0..=MAX_OPENING_BALANCE_CENTS).contains(&balance) {
+        return Err(ApiError::invalid_input(format!(
+            "balance_cents must be 0-{MAX_OPENING_BALANCE_CENTS}"
+        )));
+    }
+    let usernames = (1..=body.count)
+        .map(|n| Username::parse(&format!("{}{n}", body.prefix)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            ApiError::invalid_input(
+                "prefix + number must make usernames of 3-32 characters of a-z, 0-9 and _",
+            )
+        })?;
+    let created = state
+        .auth
+        .bulk_create(&usernames, Cents::new(balance))
+        .await?;
+    Ok(HttpResponse::Created().json(BulkUsersResponse {
+        users: created
+            .into_iter()
+            .map(|(id, username, token)| LoginResponse {
+                user_id: id.0,
+                username,
+                token,
+            })
+            .collect(),
+    }))
+}
+
+fn checked_text(value: &str, field: &str) -> Result<String, ApiError> {
+    let trimmed = value.trim();
+    let chars = trimmed.chars().count();
+    if chars == 0 || chars > MAX_TEXT_CHARS || trimmed.chars().any(char::is_control) {
+        return Err(ApiError::invalid_input(format!(
+            "{field} must be 1-{MAX_TEXT_CHARS} printable characters"
+        )));
+    }
+    Ok(trimmed.to_string())
+}
+
+pub async fn create_player(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    extract::admin(&req, &state.auth)?;
+    let body: NewPlayerRequest = extract::json(&req, payload).await?;
+    let new = NewPlayer {
+        name: checked_text(&body.name, "name")?,
+        team: checked_text(&body.team, "team")?,
+        position: checked_text(&body.position, "position")?,
+        price: Cents::new(body.price_cents),
+    };
+    if !(1..=MAX_PRICE_CENTS).contains(&body.price_cents) {
+        return Err(ApiError::invalid_input(format!(
+            "price_cents must be 1-{MAX_PRICE_CENTS}"
+        )));
+    }
+    let player = state.players.create(new).await?;
+    Ok(HttpResponse::Created().json(PlayerResponse::from(player)))
+}
+
+pub async fn list_players(state: web::Data<AppState>) -> Reply {
+    let players = state.players.list().await?;
+    let body: Vec<PlayerResponse> = players.into_iter().map(PlayerResponse::from).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn get_player(state: web::Data<AppState>, path: web::Path<String>) -> Reply {
+    let id = extract::path_id(&path, "player")?;
+    let player = state
+        .players
+        .get(PlayerId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such player"))?;
+    Ok(HttpResponse::Ok().json(PlayerResponse::from(player)))
+}
+
+pub async fn player_history(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Reply {
+    let limit = extract::limit(&req, HISTORY_LIMIT.0, HISTORY_LIMIT.1)?;
+    let id = PlayerId(extract::path_id(&path, "player")?);
+    if state.players.get(id).await?.is_none() {
+        return Err(ApiError::not_found("no such player"));
+    }
+    let points = state.players.history(id, limit).await?;
+    let body: Vec<PricePointResponse> = points.into_iter().map(Into::into).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn place_order(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    let claims = extract::user(&req, &state.auth)?;
+    let key = extract::idempotency_key(&req)?;
+    let body: OrderRequest = extract::json(&req, payload).await?;
+    let order = validate_order(claims.user_id, key, &body)?;
+    let placed = state.trading.place(&order).await;
+    state.metrics.count_order(order.side, &placed);
+    let placed = placed?;
+    match placed.outcome {
+        Ok(fill) => Ok(HttpResponse::Created().json(OrderResponse::from(fill))),
+        Err(rejection) => Err(rejection.into()),
+    }
+}
+
+fn validate_order(
+    user: UserId,
+    key: idempotency::IdempotencyKey,
+    body: &OrderRequest,
+) -> Result<NewOrder, ApiError> {
+    let side = Side::parse(&body.side)
+        .ok_or_else(|| ApiError::invalid_input("side must be buy or sell"))?;
+    let quantity = Quantity::new(body.quantity)
+        .ok_or_else(|| ApiError::invalid_input(format!("quantity must be 1-{}", Quantity::MAX)))?;
+    if body.player_id < 1 {
+        return Err(ApiError::invalid_input("player_id must be a positive id"));
+    }
+    if body.limit_price_cents.is_some_and(|limit| limit < 1) {
+        return Err(ApiError::invalid_input(
+            "limit_price_cents must be at least 1",
+        ));
+    }
+    let canonical = serde_json::to_string(body).map_err(|e| ApiError::internal(&e))?;
+    Ok(NewOrder {
+        user,
+        player: PlayerId(body.player_id),
+        side,
+        quantity,
+        limit: body.limit_price_cents.map(Cents::new),
+        fingerprint: idempotency::fingerprint(ORDERS_ENDPOINT, &canonical),
+        key,
+    })
+}
+
+pub async fn list_orders(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    let claims = extract::user(&req, &state.auth)?;
+    let limit = extract::limit(&req, ORDERS_LIMIT.0, ORDERS_LIMIT.1)?;
+    let orders = state.trading.orders(claims.user_id, limit).await?;
+    let body: Vec<OrderResponse> = orders.into_iter().map(OrderResponse::from).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn portfolio(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    let claims = extract::user(&req, &state.auth)?;
+    let portfolio = state.trading.portfolio(claims.user_id).await?;
+    Ok(HttpResponse::Ok().json(PortfolioResponse::from(portfolio)))
+}
+
+pub async fn audit(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    extract::admin(&req, &state.auth)?;
+    let report = state.ledger.audit().await?;
+    Ok(HttpResponse::Ok().json(AuditResponse::from(report)))
+}
+
+pub async fn no_route() -> Reply {
+    Err(ApiError::not_found("no such route"))
+}
+
+pub async fn wrong_method() -> Reply {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    ))
+}

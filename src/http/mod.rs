@@ -1,0 +1,113 @@
+//! The HTTP surface: routes, the error shape, request checks and wire types.
+//!
+//! Maps module errors to status codes (only here), and never holds business
+//! rules or SQL.
+
+mod error;
+mod extract;
+mod handlers;
+mod wire;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::Service;
+use actix_web::{web, App, HttpServer};
+use deadpool_postgres::Pool;
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+pub use error::ApiError;
+
+use crate::auth::AuthService;
+use crate::bus::Bus;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::players::PlayerStore;
+use crate::trading::TradingService;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub trading: Arc<TradingService>,
+    pub players: Arc<dyn PlayerStore>,
+    pub ledger: Arc<dyn Ledger>,
+    pub bus: Bus,
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Registers every route of API.md.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use handlers::*;
+    let resource = |path: &str| web::resource(path).default_service(web::to(wrong_method));
+    cfg.service(resource("/healthz").route(web::get().to(healthz)))
+        .service(resource("/readyz").route(web::get().to(readyz)))
+        .service(resource("/metrics").route(web::get().to(metrics)))
+        .service(
+            web::scope("/api/v1")
+                .service(resource("/auth/register").route(web::post().to(register)))
+                .service(resource("/auth/login").route(web::post().to(login)))
+                .service(resource("/auth/logout").route(web::post().to(logout)))
+                .service(resource("/me").route(web::get().to(me)))
+                .service(resource("/players").route(web::get().to(list_players)))
+                .service(resource("/players/{id}").route(web::get().to(get_player)))
+                .service(resource("/players/{id}/history").route(web::get().to(player_history)))
+                .service(
+                    resource("/orders")
+                        .route(web::post().to(place_order))
+                        .route(web::get().to(list_orders)),
+                )
+                .service(resource("/portfolio").route(web::get().to(portfolio)))
+                .service(resource("/admin/users/bulk").route(web::post().to(bulk_users)))
+                .service(resource("/admin/players").route(web::post().to(create_player)))
+                .service(resource("/admin/audit").route(web::get().to(audit))),
+        )
+        .default_service(web::to(no_route));
+}
+
+/// Builds the HTTP server on an already-bound listener.
+pub fn server(
+    state: AppState,
+    listener: std::net::TcpListener,
+    workers: usize,
+    shutdown_timeout_seconds: u64,
+) -> std::io::Result<actix_web::dev::Server> {
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        let metrics = state.metrics.clone();
+        App::new()
+            .app_data(state.clone())
+            .wrap_fn(move |req, service| {
+                let started = Instant::now();
+                let method = req.method().clone();
+                let span = tracing::info_span!("http", %method, path = %req.path());
+                let metrics = metrics.clone();
+                service
+                    .call(req)
+                    .map(move |result| {
+                        if let Ok(response) = &result {
+                            let route = response
+                                .request()
+                                .match_pattern()
+                                .unwrap_or_else(|| "unmatched".to_string());
+                            let status = response.status().as_u16();
+                            metrics.observe_request(method.as_str(), &route, status, started);
+                            tracing::debug!(status, route, "request done");
+                        }
+                        result
+                    })
+                    .instrument(span)
+            })
+            .configure(routes)
+    })
+    .shutdown_timeout(shutdown_timeout_seconds)
+    // The server stops on SIGINT/SIGTERM itself and drains in-flight work.
+    .listen(listener)?;
+    let server = if workers > 0 {
+        server.workers(workers)
+    } else {
+        server
+    };
+    Ok(server.run())
+}

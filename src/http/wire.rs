@@ -1,0 +1,225 @@
+//! JSON shapes of the public API (API.md), kept apart from domain types.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::UserRecord;
+use crate::ledger::AuditReport;
+use crate::players::{Player, PricePoint};
+use crate::trading::{Fill, Portfolio};
+
+/// RFC 3339 UTC with microseconds.
+pub fn timestamp(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[derive(Deserialize)]
+pub struct CredentialsRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize)]
+pub struct RegisterResponse {
+    pub user_id: i64,
+    pub username: String,
+    pub token: String,
+    pub balance_cents: i64,
+}
+
+#[derive(Serialize)]
+pub struct LoginResponse {
+    pub user_id: i64,
+    pub username: String,
+    pub token: String,
+}
+
+#[derive(Serialize)]
+pub struct MeResponse {
+    pub user_id: i64,
+    pub username: String,
+    pub balance_cents: i64,
+    pub held_cents: i64,
+}
+
+impl From<UserRecord> for MeResponse {
+    fn from(user: UserRecord) -> MeResponse {
+        MeResponse {
+            user_id: user.id.0,
+            username: user.username,
+            balance_cents: user.balance.get(),
+            held_cents: user.held.get(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct BulkUsersRequest {
+    pub count: i64,
+    pub prefix: String,
+    pub balance_cents: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct BulkUsersResponse {
+    pub users: Vec<LoginResponse>,
+}
+
+#[derive(Deserialize)]
+pub struct NewPlayerRequest {
+    pub name: String,
+    pub team: String,
+    pub position: String,
+    pub price_cents: i64,
+}
+
+#[derive(Serialize)]
+pub struct PlayerResponse {
+    pub id: i64,
+    pub name: String,
+    pub team: String,
+    pub position: String,
+    pub price_cents: i64,
+    pub epoch: i64,
+    pub locked_until: Option<String>,
+}
+
+impl From<Player> for PlayerResponse {
+    fn from(player: Player) -> PlayerResponse {
+        PlayerResponse {
+            id: player.id.0,
+            name: player.name,
+            team: player.team,
+            position: player.position,
+            price_cents: player.price.get(),
+            epoch: player.epoch,
+            locked_until: player.locked_until.map(timestamp),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct PricePointResponse {
+    pub ts: String,
+    pub price_cents: i64,
+}
+
+impl From<PricePoint> for PricePointResponse {
+    fn from(point: PricePoint) -> PricePointResponse {
+        PricePointResponse {
+            ts: timestamp(point.ts),
+            price_cents: point.price.get(),
+        }
+    }
+}
+
+/// An order as sent; the canonical re-serialisation of this is what the
+/// idempotency fingerprint covers.
+#[derive(Deserialize, Serialize)]
+pub struct OrderRequest {
+    pub player_id: i64,
+    pub side: String,
+    pub quantity: i64,
+    #[serde(default)]
+    pub limit_price_cents: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct OrderResponse {
+    pub order_id: i64,
+    pub player_id: i64,
+    pub side: &'static str,
+    pub quantity: i64,
+    pub price_cents: i64,
+    pub total_cents: i64,
+    pub balance_cents: i64,
+    pub epoch: i64,
+    pub status: &'static str,
+    pub executed_at: String,
+}
+
+impl From<Fill> for OrderResponse {
+    fn from(fill: Fill) -> OrderResponse {
+        OrderResponse {
+            order_id: fill.order_id,
+            player_id: fill.player.0,
+            side: fill.side.as_str(),
+            quantity: fill.quantity.get(),
+            price_cents: fill.price.get(),
+            total_cents: fill.total.get(),
+            balance_cents: fill.balance.get(),
+            epoch: fill.epoch,
+            status: "filled",
+            executed_at: timestamp(fill.executed_at),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct HoldingResponse {
+    pub player_id: i64,
+    pub quantity: i64,
+    pub avg_cost_cents: i64,
+    pub price_cents: i64,
+    pub value_cents: i64,
+}
+
+#[derive(Serialize)]
+pub struct PortfolioResponse {
+    pub cash_cents: i64,
+    pub held_cents: i64,
+    pub holdings: Vec<HoldingResponse>,
+    pub net_worth_cents: i64,
+}
+
+impl From<Portfolio> for PortfolioResponse {
+    fn from(portfolio: Portfolio) -> PortfolioResponse {
+        PortfolioResponse {
+            cash_cents: portfolio.cash.get(),
+            held_cents: portfolio.held.get(),
+            holdings: portfolio
+                .holdings
+                .into_iter()
+                .map(|h| HoldingResponse {
+                    player_id: h.player.0,
+                    quantity: h.quantity,
+                    avg_cost_cents: h.avg_cost.get(),
+                    price_cents: h.price.get(),
+                    value_cents: h.value.get(),
+                })
+                .collect(),
+            net_worth_cents: portfolio.net_worth.get(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct AuditResponse {
+    pub users: i64,
+    pub cash_cents_total: i64,
+    pub held_cents_total: i64,
+    pub ledger_sum_cents: i64,
+    pub negative_cash: i64,
+    pub negative_holdings: i64,
+    /// Extension: users whose cash differs from their ledger entries.
+    pub cash_mismatches: i64,
+    /// Extension: ledger transactions that do not sum to zero.
+    pub unbalanced_transactions: i64,
+    pub ok: bool,
+}
+
+impl From<AuditReport> for AuditResponse {
+    fn from(report: AuditReport) -> AuditResponse {
+        AuditResponse {
+            ok: report.ok(),
+            users: report.users,
+            cash_cents_total: report.cash_cents_total,
+            held_cents_total: report.held_cents_total,
+            ledger_sum_cents: report.ledger_sum_cents,
+            negative_cash: report.negative_cash,
+            negative_holdings: report.negative_holdings,
+            cash_mismatches: report.cash_mismatches,
+            unbalanced_transactions: report.unbalanced_transactions,
+        }
+    }
+}

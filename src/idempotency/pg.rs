@@ -1,0 +1,90 @@
+//! The key table, used inside the caller's transaction.
+
+use deadpool_postgres::Pool;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Transaction;
+
+use super::{Claim, IdempotencyKey};
+use crate::domain::UserId;
+
+/// The advisory lock id of one (user, key): 64 bits of a SHA-256, so two
+/// different keys share a lock (and one sees a spurious 409) with negligible
+/// probability.
+fn lock_id(user: UserId, key: &IdempotencyKey) -> i64 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"idempotency\0");
+    hasher.update(user.0.to_be_bytes());
+    hasher.update(key.as_str().as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// Takes the key's lock for the rest of `tx` and reports what the key says.
+pub async fn claim(
+    tx: &Transaction<'_>,
+    user: UserId,
+    key: &IdempotencyKey,
+    endpoint: &str,
+    fingerprint: &str,
+) -> Result<Claim, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1)",
+            &[&lock_id(user, key)],
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(Claim::InProgress);
+    }
+    let stored = tx
+        .query_opt(
+            "SELECT endpoint, fingerprint, outcome FROM idempotency_keys
+              WHERE user_id = $1 AND key = $2",
+            &[&user.0, &key.as_str()],
+        )
+        .await?;
+    Ok(match stored {
+        None => Claim::Fresh,
+        Some(row) => {
+            let same_endpoint = row.get::<_, &str>(0) == endpoint;
+            let same_body = row.get::<_, &str>(1) == fingerprint;
+            if same_endpoint && same_body {
+                Claim::Replay(row.get(2))
+            } else {
+                Claim::Reused
+            }
+        }
+    })
+}
+
+/// Remembers the outcome of a [`Claim::Fresh`] request.
+pub async fn record(
+    tx: &Transaction<'_>,
+    user: UserId,
+    key: &IdempotencyKey,
+    endpoint: &str,
+    fingerprint: &str,
+    outcome: &serde_json::Value,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "INSERT INTO idempotency_keys (user_id, key, endpoint, fingerprint, outcome)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&user.0, &key.as_str(), &endpoint, &fingerprint, outcome],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets keys older than `retention_hours`; returns how many.
+pub async fn purge(pool: &Pool, retention_hours: i64) -> Result<u64, crate::error::Unexpected> {
+    let client = pool.get().await?;
+    let deleted = client
+        .execute(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1::int)",
+            &[&(retention_hours.min(i32::MAX as i64) as i32)],
+        )
+        .await?;
+    Ok(deleted)
+}

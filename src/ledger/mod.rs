@@ -1,0 +1,60 @@
+//! The double-entry ledger: every movement of cash is a set of entries that
+//! sums to zero, and users' cash balances change only together with them.
+//!
+//! Accounts: one `user` account per user (its balance is the user's
+//! `cash_cents`), the `market` that trades are made against, and the `mint`
+//! that opening balances come from. Entries are insert-only; the market's and
+//! the mint's balances are sums, never a row every trade would update (a
+//! global hot row would serialise all trading).
+//!
+//! Other modules move cash only through the posting functions in [`posting`],
+//! inside their own transaction, so a balance change and its entries commit
+//! together or not at all.
+
+mod pg;
+
+use async_trait::async_trait;
+
+pub use pg::PgLedger;
+
+use crate::error::Unexpected;
+
+/// Posting functions for other modules' `pg.rs` files: each is one guarded
+/// SQL statement run on the caller's transaction.
+pub mod posting {
+    pub use super::pg::{balances, credit_from_market, debit_to_market, open_accounts};
+}
+
+/// The books at one instant, as `/api/v1/admin/audit` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub users: i64,
+    pub cash_cents_total: i64,
+    pub held_cents_total: i64,
+    /// Σ of every ledger entry, market and mint included: must be 0.
+    pub ledger_sum_cents: i64,
+    pub negative_cash: i64,
+    pub negative_holdings: i64,
+    /// Users whose `cash_cents` differs from the sum of their ledger entries.
+    pub cash_mismatches: i64,
+    /// Ledger transactions whose entries do not sum to zero.
+    pub unbalanced_transactions: i64,
+}
+
+impl AuditReport {
+    /// The books balance and nothing is negative.
+    pub fn ok(&self) -> bool {
+        self.ledger_sum_cents == 0
+            && self.negative_cash == 0
+            && self.negative_holdings == 0
+            && self.cash_mismatches == 0
+            && self.unbalanced_transactions == 0
+    }
+}
+
+/// Read side of the ledger.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Checks the whole book in one consistent snapshot.
+    async fn audit(&self) -> Result<AuditReport, Unexpected>;
+}

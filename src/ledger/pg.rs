@@ -1,0 +1,160 @@
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use tokio_postgres::Transaction;
+
+use super::{AuditReport, Ledger};
+use crate::domain::{Cents, UserId};
+use crate::error::Unexpected;
+
+/// The ledger in Postgres.
+pub struct PgLedger {
+    pool: Pool,
+}
+
+impl PgLedger {
+    /// A ledger reading through `pool`.
+    pub fn new(pool: Pool) -> PgLedger {
+        PgLedger { pool }
+    }
+}
+
+#[async_trait]
+impl Ledger for PgLedger {
+    #[tracing::instrument(skip_all)]
+    async fn audit(&self) -> Result<AuditReport, Unexpected> {
+        let mut client = self.pool.get().await?;
+        // One snapshot for every figure, so concurrent trades cannot make a
+        // balanced book look unbalanced.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let row = tx
+            .query_one(
+                "SELECT
+                   (SELECT count(*) FROM users),
+                   (SELECT coalesce(sum(cash_cents), 0)::bigint FROM users),
+                   (SELECT coalesce(sum(held_cents), 0)::bigint FROM users),
+                   (SELECT coalesce(sum(amount_cents), 0)::bigint FROM ledger_entries),
+                   (SELECT count(*) FROM users WHERE cash_cents < 0 OR held_cents < 0
+                                                  OR held_cents > cash_cents),
+                   (SELECT count(*) FROM holdings WHERE quantity < 0 OR cost_cents < 0),
+                   (SELECT count(*) FROM users u
+                      LEFT JOIN (SELECT user_id, sum(amount_cents) AS total
+                                   FROM ledger_entries WHERE user_id IS NOT NULL
+                                  GROUP BY user_id) l ON l.user_id = u.id
+                     WHERE u.cash_cents <> coalesce(l.total, 0)),
+                   (SELECT count(*) FROM (SELECT 1 FROM ledger_entries GROUP BY txn
+                                           HAVING sum(amount_cents) <> 0) t)",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(AuditReport {
+            users: row.get(0),
+            cash_cents_total: row.get(1),
+            held_cents_total: row.get(2),
+            ledger_sum_cents: row.get(3),
+            negative_cash: row.get(4),
+            negative_holdings: row.get(5),
+            cash_mismatches: row.get(6),
+            unbalanced_transactions: row.get(7),
+        })
+    }
+}
+
+/// Gives each of `users` an opening balance of `amount` from the mint: two
+/// entries per user. The users' `cash_cents` must already include it.
+pub async fn open_accounts(
+    tx: &Transaction<'_>,
+    users: &[i64],
+    amount: Cents,
+) -> Result<(), tokio_postgres::Error> {
+    if amount.get() == 0 || users.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
+         SELECT 'open:' || u, e.account, CASE WHEN e.account = 'user' THEN u END, e.sign * $2
+           FROM unnest($1::bigint[]) AS u,
+                (VALUES ('user', 1::bigint), ('mint', -1::bigint)) AS e(account, sign)",
+        &[&users, &amount.get()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves `amount` of the user's spendable cash (cash − held) to the market,
+/// guarded in the statement itself: returns the new cash balance, or `None`
+/// (and changes nothing) when spendable cash is short.
+pub async fn debit_to_market(
+    tx: &Transaction<'_>,
+    user: UserId,
+    amount: Cents,
+    txn: &str,
+) -> Result<Option<Cents>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "WITH debit AS (
+                 UPDATE users SET cash_cents = cash_cents - $2
+                  WHERE id = $1 AND cash_cents - held_cents >= $2
+                 RETURNING cash_cents
+             ), entries AS (
+                 INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
+                 SELECT $3, e.account, e.user_id, e.amount
+                   FROM debit, (VALUES ('user', $1::bigint, -$2::bigint),
+                                       ('market', NULL::bigint, $2::bigint))
+                               AS e(account, user_id, amount)
+             )
+             SELECT cash_cents FROM debit",
+            &[&user.0, &amount.get(), &txn],
+        )
+        .await?;
+    let balance = row.map(|r| Cents::new(r.get(0)));
+    if let Some(balance) = balance {
+        assert!(balance.get() >= 0, "cash went negative for user {user}");
+    }
+    Ok(balance)
+}
+
+/// Moves `amount` from the market to the user; returns the new cash balance.
+pub async fn credit_from_market(
+    tx: &Transaction<'_>,
+    user: UserId,
+    amount: Cents,
+    txn: &str,
+) -> Result<Cents, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "WITH credit AS (
+                 UPDATE users SET cash_cents = cash_cents + $2 WHERE id = $1
+                 RETURNING cash_cents
+             ), entries AS (
+                 INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
+                 SELECT $3, e.account, e.user_id, e.amount
+                   FROM credit, (VALUES ('user', $1::bigint, $2::bigint),
+                                        ('market', NULL::bigint, -$2::bigint))
+                                AS e(account, user_id, amount)
+             )
+             SELECT cash_cents FROM credit",
+            &[&user.0, &amount.get(), &txn],
+        )
+        .await?;
+    Ok(Cents::new(row.get(0)))
+}
+
+/// The user's total and held cash, read on the caller's transaction.
+pub async fn balances(
+    tx: &Transaction<'_>,
+    user: UserId,
+) -> Result<Option<(Cents, Cents)>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT cash_cents, held_cents FROM users WHERE id = $1",
+            &[&user.0],
+        )
+        .await?;
+    Ok(row.map(|row| (Cents::new(row.get(0)), Cents::new(row.get(1)))))
+}

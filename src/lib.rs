@@ -1,0 +1,20 @@
+//! Matchday: a real-time fantasy sports exchange in one binary.
+//!
+//! See ARCHITECTURE.md for the map. `main.rs` only parses the command line;
+//! [`startup::Application`] wires everything.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod ledger;
+pub mod loadgen;
+pub mod metrics;
+pub mod players;
+pub mod startup;
+pub mod telemetry;
+pub mod trading;

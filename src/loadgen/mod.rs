@@ -1,0 +1,237 @@
+//! `matchday loadgen`: the project's own load generator. Talks only the
+//! public API, like any client, so its figures are end-to-end.
+//!
+//! `orders`: bulk-creates users, then keeps `concurrency` requests in flight
+//! (random buys and sells of 1–3 shares, each with a fresh idempotency key)
+//! for `duration` seconds, and reports throughput, latency percentiles and
+//! the audit afterwards.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde_json::{json, Value};
+
+const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TOKEN] [--users N]
+                               [--players N] [--concurrency N] [--duration SECONDS]
+
+Creates users and players through the admin API, then places random orders with
+N requests in flight and prints orders/s and latency percentiles.";
+
+struct Options {
+    url: String,
+    admin_token: String,
+    users: usize,
+    players: usize,
+    concurrency: usize,
+    duration: Duration,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        url: "http://127.0.0.1:8080".into(),
+        admin_token: std::env::var("MATCHDAY__ADMIN__TOKEN").unwrap_or_default(),
+        users: 200,
+        players: 10,
+        concurrency: 32,
+        duration: Duration::from_secs(10),
+    };
+    let mut iter = args.iter();
+    while let Some(flag) = iter.next() {
+        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag}: not a number"))
+        };
+        match flag.as_str() {
+            "--url" => options.url = value()?,
+            "--admin-token" => options.admin_token = value()?,
+            "--users" => options.users = number(value()?)?.max(1),
+            "--players" => options.players = number(value()?)?.max(1),
+            "--concurrency" => options.concurrency = number(value()?)?.max(1),
+            "--duration" => options.duration = Duration::from_secs(number(value()?)? as u64),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(options)
+}
+
+/// Entry point for `matchday loadgen …`.
+pub async fn main(args: &[String]) -> ExitCode {
+    match args.first().map(String::as_str) {
+        Some("orders") => match parse(&args[1..]) {
+            Ok(options) => match orders(options).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("loadgen: {error}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(error) => {
+                eprintln!("loadgen: {error}\n\n{HELP}");
+                ExitCode::from(2)
+            }
+        },
+        _ => {
+            println!("{HELP}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Worker {
+    latencies: Histogram<u64>,
+    statuses: BTreeMap<u16, u64>,
+}
+
+async fn orders(options: Options) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let admin = format!("Bearer {}", options.admin_token);
+    let api = |path: &str| format!("{}/api/v1{}", options.url, path);
+
+    let mut players = Vec::new();
+    for n in 0..options.players {
+        let created: Value = client
+            .post(api("/admin/players"))
+            .header("authorization", &admin)
+            .json(
+                &json!({"name": format!("Load Player {n}"), "team": "Load FC",
+                          "position": "MF", "price_cents": 1_000 + 100 * n as i64}),
+            )
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .error_for_status()
+            .map_err(|e| format!("creating players (is --admin-token right?): {e}"))?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        players.push(created["id"].as_i64().ok_or("player without id")?);
+    }
+    let prefix = format!("lg{}_", rand::thread_rng().gen_range(0..1_000_000));
+    let created: Value = client
+        .post(api("/admin/users/bulk"))
+        .header("authorization", &admin)
+        .json(&json!({"count": options.users, "prefix": prefix, "balance_cents": 100_000_000}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .error_for_status()
+        .map_err(|e| format!("creating users: {e}"))?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let tokens: Vec<String> = created["users"]
+        .as_array()
+        .ok_or("no users")?
+        .iter()
+        .filter_map(|u| u["token"].as_str().map(|t| format!("Bearer {t}")))
+        .collect();
+    let tokens = Arc::new(tokens);
+    let players = Arc::new(players);
+
+    eprintln!(
+        "loadgen: {} users, {} players, {} in flight for {:?}",
+        tokens.len(),
+        players.len(),
+        options.concurrency,
+        options.duration
+    );
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let mut handles = Vec::new();
+    for worker in 0..options.concurrency {
+        let client = client.clone();
+        let tokens = tokens.clone();
+        let players = players.clone();
+        let url = api("/orders");
+        handles.push(tokio::spawn(async move {
+            let mut stats = Worker {
+                latencies: Histogram::new(3).unwrap_or_else(|_| unreachable!()),
+                statuses: BTreeMap::new(),
+            };
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let (token, player, side, quantity) = {
+                    let mut rng = rand::thread_rng();
+                    let token = &tokens[(worker + n as usize * 7919) % tokens.len()];
+                    let player = players[rng.gen_range(0..players.len())];
+                    let side = if rng.gen_bool(0.6) { "buy" } else { "sell" };
+                    (token.clone(), player, side, rng.gen_range(1..=3))
+                };
+                n += 1;
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("authorization", token)
+                    .header("idempotency-key", format!("lg-{worker}-{n}"))
+                    .json(&json!({"player_id": player, "side": side, "quantity": quantity}))
+                    .send()
+                    .await;
+                let micros = sent.elapsed().as_micros() as u64;
+                let status = match response {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let _ = response.bytes().await;
+                        status
+                    }
+                    Err(_) => 0,
+                };
+                let _ = stats.latencies.record(micros.max(1));
+                *stats.statuses.entry(status).or_default() += 1;
+            }
+            stats
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut statuses = BTreeMap::<u16, u64>::new();
+    for handle in handles {
+        let stats = handle.await.map_err(|e| e.to_string())?;
+        latencies.add(&stats.latencies).map_err(|e| e.to_string())?;
+        for (status, count) in stats.statuses {
+            *statuses.entry(status).or_default() += count;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total: u64 = statuses.values().sum();
+    // A completed order is a fill (201) or a business rejection (409, e.g.
+    // selling shares the user does not hold): both committed a transaction.
+    let filled = statuses.get(&201).copied().unwrap_or(0);
+    let completed = filled + statuses.get(&409).copied().unwrap_or(0);
+    let audit: Value = client
+        .get(api("/admin/audit"))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let report = json!({
+        "scenario": "orders",
+        "concurrency": options.concurrency,
+        "seconds": (elapsed * 10.0).round() / 10.0,
+        "requests": total,
+        "requests_per_sec": (total as f64 / elapsed).round(),
+        "orders_completed_per_sec": (completed as f64 / elapsed).round(),
+        "fills_per_sec": (filled as f64 / elapsed).round(),
+        "p50_ms": latencies.value_at_quantile(0.50) as f64 / 1000.0,
+        "p90_ms": latencies.value_at_quantile(0.90) as f64 / 1000.0,
+        "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        "max_ms": latencies.max() as f64 / 1000.0,
+        "statuses": statuses,
+        "audit_ok": audit["ok"],
+    });
+    println!("{report}");
+    if audit["ok"] != json!(true) {
+        return Err(format!("audit failed after the run: {audit}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics for `/metrics`. One registry per process (tests run
+//! several apps in one process, so nothing here is global).
+
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::domain::Side;
+use crate::trading::{Placed, TradingError};
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_seconds: HistogramVec,
+    orders: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("matchday".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["method", "route", "status"],
+        )?;
+        let http_seconds = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP latency by route").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            &["method", "route"],
+        )?;
+        let orders = IntCounterVec::new(
+            Opts::new("orders_total", "Orders by side and outcome"),
+            &["side", "outcome"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_seconds.clone()))?;
+        registry.register(Box::new(orders.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_seconds,
+            orders,
+        })
+    }
+
+    /// Records one finished HTTP request.
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, started: Instant) {
+        self.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.http_seconds
+            .with_label_values(&[method, route])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts an order by its outcome.
+    pub fn count_order(&self, side: Side, placed: &Result<Placed, TradingError>) {
+        let outcome = match placed {
+            Ok(Placed { replayed: true, .. }) => "replayed",
+            Ok(Placed { outcome: Ok(_), .. }) => "filled",
+            Ok(Placed {
+                outcome: Err(rejection),
+                ..
+            }) => rejection.code(),
+            Err(TradingError::InProgress) => "in_progress",
+            Err(TradingError::KeyReused) => "key_reused",
+            Err(TradingError::PlayerLocked { .. }) => "player_locked",
+            Err(TradingError::Unexpected(_)) => "error",
+        };
+        self.orders
+            .with_label_values(&[side.as_str(), outcome])
+            .inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,137 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+
+use super::{NewPlayer, Player, PlayerStore, PricePoint, PriceReader, Quote};
+use crate::domain::{Cents, PlayerId};
+use crate::error::Unexpected;
+
+/// The catalog and its prices in Postgres.
+pub struct PgPlayers {
+    pool: Pool,
+}
+
+impl PgPlayers {
+    /// A catalog using `pool`.
+    pub fn new(pool: Pool) -> PgPlayers {
+        PgPlayers { pool }
+    }
+}
+
+const PLAYER_COLUMNS: &str = "id, name, team, position, price_cents, epoch, locked_until";
+
+fn player(row: &Row) -> Player {
+    Player {
+        id: PlayerId(row.get(0)),
+        name: row.get(1),
+        team: row.get(2),
+        position: row.get(3),
+        price: Cents::new(row.get(4)),
+        epoch: row.get(5),
+        locked_until: row.get::<_, Option<DateTime<Utc>>>(6),
+    }
+}
+
+fn quote(row: &Row) -> Quote {
+    Quote {
+        player_id: PlayerId(row.get(0)),
+        price: Cents::new(row.get(1)),
+        epoch: row.get(2),
+        locked_until: row.get(3),
+    }
+}
+
+#[async_trait]
+impl PlayerStore for PgPlayers {
+    #[tracing::instrument(skip_all)]
+    async fn create(&self, new: NewPlayer) -> Result<Player, Unexpected> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO players (name, team, position, price_cents)
+                     VALUES ($1, $2, $3, $4) RETURNING {PLAYER_COLUMNS}"
+                ),
+                &[&new.name, &new.team, &new.position, &new.price.get()],
+            )
+            .await?;
+        let created = player(&row);
+        tx.execute(
+            "INSERT INTO price_history (player_id, ts, price_cents) VALUES ($1, now(), $2)",
+            &[&created.id.0, &created.price.get()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    async fn list(&self) -> Result<Vec<Player>, Unexpected> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {PLAYER_COLUMNS} FROM players ORDER BY id"),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(player).collect())
+    }
+
+    async fn get(&self, id: PlayerId) -> Result<Option<Player>, Unexpected> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {PLAYER_COLUMNS} FROM players WHERE id = $1"),
+                &[&id.0],
+            )
+            .await?;
+        Ok(row.as_ref().map(player))
+    }
+
+    async fn history(&self, id: PlayerId, limit: i64) -> Result<Vec<PricePoint>, Unexpected> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT ts, price_cents FROM (
+                     SELECT ts, price_cents FROM price_history WHERE player_id = $1
+                      ORDER BY ts DESC LIMIT $2
+                 ) latest ORDER BY ts",
+                &[&id.0, &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| PricePoint {
+                ts: row.get(0),
+                price: Cents::new(row.get(1)),
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl PriceReader for PgPlayers {
+    async fn quote(&self, id: PlayerId) -> Result<Option<Quote>, Unexpected> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, price_cents, epoch, locked_until FROM players WHERE id = $1",
+                &[&id.0],
+            )
+            .await?;
+        Ok(row.as_ref().map(quote))
+    }
+
+    async fn quotes(&self, ids: &[PlayerId]) -> Result<Vec<Quote>, Unexpected> {
+        let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, price_cents, epoch, locked_until FROM players WHERE id = ANY($1)",
+                &[&raw],
+            )
+            .await?;
+        Ok(rows.iter().map(quote).collect())
+    }
+}

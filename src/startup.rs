@@ -1,0 +1,163 @@
+//! Wiring: the only place that picks implementations for ports, starts
+//! background tasks, and shuts them down.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::{self, AuthService, PgAccountStore, Revocations};
+use crate::bus::Bus;
+use crate::config::Settings;
+use crate::db;
+use crate::domain::Cents;
+use crate::error::Unexpected;
+use crate::http::{self, AppState};
+use crate::idempotency;
+use crate::ledger::PgLedger;
+use crate::metrics::Metrics;
+use crate::players::PgPlayers;
+use crate::trading::{PgOrders, TradingService};
+
+/// How often expired idempotency keys and revocations are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// A built, bound, not yet running Matchday.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    bus: Bus,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("binding the listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Application {
+    /// Connects, migrates, wires every module and binds the listener
+    /// (`server.port = 0` picks a free port, as tests do).
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let pool = db::pool(&settings.database)?;
+        db::migrate(&pool).await?;
+        let bus = Bus::connect(&settings.redis).await?;
+
+        let accounts: Arc<dyn auth::AccountStore> = Arc::new(PgAccountStore::new(pool.clone()));
+        let revocations = Arc::new(Revocations::default());
+        revocations.reload(accounts.revoked_tokens().await?);
+        let auth = Arc::new(
+            AuthService::new(
+                accounts.clone(),
+                revocations.clone(),
+                &settings.auth,
+                &settings.admin,
+                Cents::new(settings.accounts.starting_balance_cents),
+            )
+            .await?,
+        );
+        let players = Arc::new(PgPlayers::new(pool.clone()));
+        let trading = Arc::new(TradingService::new(
+            Arc::new(PgOrders::new(pool.clone())),
+            players.clone(),
+        ));
+        let metrics = Arc::new(Metrics::new()?);
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(auth::revocations::keep_current(
+                revocations,
+                accounts.clone(),
+                bus.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(purge_expired(
+                pool.clone(),
+                accounts,
+                settings.trading.idempotency_retention_hours,
+                shutdown_rx,
+            )),
+        ];
+
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            auth,
+            trading,
+            players,
+            ledger: Arc::new(PgLedger::new(pool.clone())),
+            bus: bus.clone(),
+            pool,
+            metrics,
+        };
+        let server = http::server(
+            state,
+            listener,
+            settings.server.workers,
+            settings.server.shutdown_timeout_seconds,
+        )?;
+        tracing::info!(host = %settings.server.host, port, "matchday listening");
+        Ok(Application {
+            port,
+            server,
+            bus,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT/SIGTERM, drains requests, then stops background
+    /// tasks and closes connections.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        tracing::info!("http server stopped; stopping background tasks");
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.bus.close().await;
+        tracing::info!("shutdown complete");
+        result
+    }
+}
+
+async fn purge_expired(
+    pool: deadpool_postgres::Pool,
+    accounts: Arc<dyn auth::AccountStore>,
+    retention_hours: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let retention_hours = i64::try_from(retention_hours).unwrap_or(i64::MAX);
+    let mut every = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = every.tick() => {
+                let keys = idempotency::pg::purge(&pool, retention_hours).await;
+                let revoked = accounts.purge_expired_revocations().await.map_err(|e| Unexpected::msg(e.to_string()));
+                match (keys, revoked) {
+                    (Ok(keys), Ok(revoked)) => tracing::debug!(keys, revoked, "purged expired keys and revocations"),
+                    (Err(error), _) | (_, Err(error)) => tracing::warn!(%error, "purge failed"),
+                }
+            }
+        }
+    }
+}
