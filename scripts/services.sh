@@ -82,7 +82,7 @@ start_postgres() {
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$pgdata'
-max_connections = 300
+max_connections = 500
 shared_buffers = 256MB
 CONF
   fi

@@ -124,6 +124,11 @@ impl Application {
         self.port
     }
 
+    /// A handle that stops the HTTP server (and with it the application).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     /// Serves until SIGINT/SIGTERM, drains requests, then stops background
     /// tasks and closes connections.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -113,15 +113,12 @@ pub async fn json<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|error| {
-        use serde_json::error::Category;
-        match error.classify() {
-            Category::Data => ApiError::invalid_input(format!("invalid request body: {error}")),
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request(format!("malformed JSON: {error}"))
-            }
-        }
-    })
+    // Two steps, so that "not JSON at all" (400) is told apart from "JSON
+    // of the wrong shape" (422) whatever the position of the first fault.
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request(format!("malformed JSON: {error}")))?;
+    serde_json::from_value(value)
+        .map_err(|error| ApiError::invalid_input(format!("invalid request body: {error}")))
 }
 
 /// The `limit` query parameter: not an integer → 400, below 1 → 422, above

@@ -1,0 +1,221 @@
+//! `spawn_app()`: the real application on a free port, against a fresh
+//! Postgres database (`test_<uuid>`) and its own Redis key prefix.
+//! scripts/test starts the servers and drops leftover test databases.
+
+use std::path::Path;
+
+use matchday::config::{Secret, Settings};
+use matchday::startup::Application;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Sends the stop command at once; the server drains on its own.
+        drop(self.handle.stop(false));
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Settings pointing at a brand-new database and Redis prefix.
+pub async fn test_settings() -> Settings {
+    let admin_url = env_or(
+        "MATCHDAY_TEST_PG_ADMIN_URL",
+        "postgres://matchday@127.0.0.1:54329/postgres",
+    );
+    let redis_url = env_or("MATCHDAY_TEST_REDIS_URL", "redis://127.0.0.1:63799");
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test Postgres (run scripts/test)");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create test database");
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_string())
+        .expect("admin url has a database");
+
+    let mut settings = Settings::load_from(Path::new("config"), None).expect("default config");
+    settings.database.url = Secret::new(format!("{base}/{name}"));
+    settings.database.max_connections = 12;
+    settings.redis.url = Secret::new(redis_url);
+    settings.redis.key_prefix = format!("{name}:");
+    settings.server.port = 0;
+    settings.server.workers = 2;
+    settings.server.shutdown_timeout_seconds = 1;
+    settings.admin.token = Some(Secret::new(ADMIN_TOKEN));
+    settings.auth.max_concurrent_hashes = 2;
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings().await).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        matchday::telemetry::init(&settings.telemetry);
+    }
+    let database_url = settings.database.url.expose().to_string();
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        database_url,
+        handle,
+    }
+}
+
+/// A registered user.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: i64,
+    pub token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn register(&self, username: &str) -> User {
+        let response = self
+            .post_json(
+                "/api/v1/auth/register",
+                None,
+                &json!({"username": username, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "register {username}"
+        );
+        let body: Value = response.json().await.expect("json");
+        User {
+            id: body["user_id"].as_i64().expect("user_id"),
+            token: body["token"].as_str().expect("token").to_string(),
+        }
+    }
+
+    /// Users created in bulk with a chosen balance (no password hashing).
+    pub async fn bulk_users(&self, prefix: &str, count: usize, balance_cents: i64) -> Vec<User> {
+        let response = self
+            .post_json(
+                "/api/v1/admin/users/bulk",
+                Some(ADMIN_TOKEN),
+                &json!({"count": count, "prefix": prefix, "balance_cents": balance_cents}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("json");
+        body["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .map(|u| User {
+                id: u["user_id"].as_i64().expect("id"),
+                token: u["token"].as_str().expect("token").to_string(),
+            })
+            .collect()
+    }
+
+    pub async fn create_player(&self, price_cents: i64) -> i64 {
+        let response = self
+            .post_json(
+                "/api/v1/admin/players",
+                Some(ADMIN_TOKEN),
+                &json!({"name": "Test Player", "team": "Test FC", "position": "FW",
+                        "price_cents": price_cents}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_i64().expect("id")
+    }
+
+    pub async fn order(&self, token: &str, key: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url("/api/v1/orders"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn me(&self, token: &str) -> Value {
+        let response = self.get("/api/v1/me", Some(token)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
+    pub async fn portfolio(&self, token: &str) -> Value {
+        let response = self.get("/api/v1/portfolio", Some(token)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
+    pub async fn audit(&self) -> Value {
+        let response = self.get("/api/v1/admin/audit", Some(ADMIN_TOKEN)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
+    /// Runs SQL directly, for arranging states the API cannot reach (e.g. a
+    /// trade lock before the feed exists) and for checking raw rows.
+    pub async fn sql(&self, statement: &str) -> Vec<tokio_postgres::Row> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client.query(statement, &[]).await.expect("sql")
+    }
+}
+
+/// Asserts the error shape and code, returning the body.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    let actual = response.status();
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(actual, status, "body: {body}");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(body["error"]["message"].is_string(), "body: {body}");
+    body
+}
