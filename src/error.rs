@@ -4,8 +4,21 @@
 
 /// Any unexpected failure, with its cause.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
 pub struct Unexpected(pub Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl std::fmt::Display for Unexpected {
+    /// The whole cause chain ("db error: ERROR: deadlock detected"), since
+    /// the top of a chain alone often says nothing.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
 
 impl Unexpected {
     /// Wraps any error.

@@ -155,15 +155,22 @@ impl OrderStore for PgOrders {
             }
         }
 
-        // FOR SHARE: orders on one player run side by side, but an event's
-        // UPDATE of this row waits for them, and an order that starts after
-        // the event sees its epoch and lock. So no order commits at a
-        // pre-event epoch once the event is applied.
+        // The player row FOR SHARE: orders on one player run side by side,
+        // but an event's UPDATE of this row waits for them, and an order
+        // that starts after the event sees its epoch and lock. So no order
+        // commits at a pre-event epoch once the event is applied.
+        //
+        // The user row FOR NO KEY UPDATE, first: every order of one user
+        // then takes its locks in the same order (user, then holding), so a
+        // buy (cash, then holding) and a sell (holding, then cash) of the
+        // same user cannot deadlock. They serialise on the user row anyway.
         let player = tx
             .query_opt(
-                "SELECT epoch, locked_until, clock_timestamp(), nextval('orders_id_seq')
-                   FROM players WHERE id = $1 FOR SHARE",
-                &[&order.player.0],
+                "SELECT p.epoch, p.locked_until, clock_timestamp(), nextval('orders_id_seq')
+                   FROM players p, users u
+                  WHERE p.id = $1 AND u.id = $2
+                    FOR SHARE OF p FOR NO KEY UPDATE OF u",
+                &[&order.player.0, &order.user.0],
             )
             .await
             .map_err(unexpected)?;

@@ -213,3 +213,40 @@ async fn twenty_users_racing_random_buys_and_sells_keep_the_books_exact() {
     }
     assert!(fills > 100, "the race made only {fills} fills");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_users_concurrent_buys_and_sells_of_one_player_never_fail_unexpectedly() {
+    // A buy locks cash then the holding; a sell the holding then cash.
+    // Without one lock order for both, these deadlock and answer 500.
+    let app = spawn_app().await;
+    let user = app.register("flipper").await;
+    let player = app.create_player(100).await;
+    let seed = app
+        .order(
+            &user.token,
+            "seed",
+            &json!({"player_id": player, "side": "buy", "quantity": 50}),
+        )
+        .await;
+    assert_eq!(seed.status(), StatusCode::CREATED);
+    for round in 0..5 {
+        let responses = join_all((0..40).map(|n| {
+            let app = &app;
+            let token = user.token.clone();
+            async move {
+                let side = if n % 2 == 0 { "buy" } else { "sell" };
+                let body = json!({"player_id": player, "side": side, "quantity": 1 + n % 3});
+                let response = app.order(&token, &format!("r{round}-{n}"), &body).await;
+                (response.status(), response.text().await.unwrap())
+            }
+        }))
+        .await;
+        for (status, body) in &responses {
+            assert!(
+                *status == StatusCode::CREATED || *status == StatusCode::CONFLICT,
+                "{status}: {body}"
+            );
+        }
+    }
+    assert_eq!(app.audit().await["ok"], true);
+}
