@@ -64,20 +64,38 @@ run_as() {
   if [ "$(id -un)" = "$user" ]; then "$@"; else runuser -u "$user" -- "$@"; fi
 }
 
+# The directory the servers keep their files in: .data/ itself, unless the
+# non-root service user cannot reach it (a checkout under /root, say); then a
+# directory under /var/tmp named after the checkout, linked from .data/.
+server_dir() {
+  local user="$1" name="$2" fallback
+  mkdir -p "$DATA_DIR"
+  if run_as "$user" test -x "$DATA_DIR"; then
+    echo "$DATA_DIR/$name"
+    return
+  fi
+  fallback="/var/tmp/matchday-$(printf '%s' "$MATCHDAY_ROOT" | md5sum | cut -c1-12)"
+  mkdir -p "$fallback/$name"
+  chmod 755 "$fallback"
+  ln -sfn "$fallback/$name" "$DATA_DIR/$name"
+  echo "$fallback/$name"
+}
+
 start_postgres() {
-  local user bindir pgdata
+  local user bindir pgdata logdir
   user="$(service_user)"
   bindir="$(pg_bindir)"
-  pgdata="$DATA_DIR/pg"
-  mkdir -p "$DATA_DIR/logs"
-  chown "$user" "$DATA_DIR/logs"
+  pgdata="$(server_dir "$user" pg)"
+  logdir="$(server_dir "$user" logs)"
+  mkdir -p "$logdir"
+  chown "$user" "$logdir"
   if [ ! -f "$pgdata/PG_VERSION" ]; then
     log "initialising Postgres in $pgdata"
     mkdir -p "$pgdata"
     chown "$user" "$pgdata"
     chmod 700 "$pgdata"
     run_as "$user" "$bindir/initdb" -D "$pgdata" -U "$PG_USER" --auth=trust \
-      --encoding=UTF8 --locale=C.UTF-8 >"$DATA_DIR/logs/initdb.log" 2>&1
+      --encoding=UTF8 --locale=C.UTF-8 >"$logdir/initdb.log" 2>&1
     cat >>"$pgdata/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
@@ -90,7 +108,7 @@ CONF
     log "Postgres already running on port $PG_PORT"
   else
     log "starting Postgres on 127.0.0.1:$PG_PORT"
-    run_as "$user" "$bindir/pg_ctl" -D "$pgdata" -l "$DATA_DIR/logs/postgres.log" -w -t 60 start >/dev/null
+    run_as "$user" "$bindir/pg_ctl" -D "$pgdata" -l "$logdir/postgres.log" -w -t 60 start >/dev/null
   fi
   psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = 'matchday'" | grep -q 1 \
     || psql_admin -c "CREATE DATABASE matchday" >/dev/null
@@ -103,7 +121,7 @@ psql_admin() {
 start_redis() {
   local user rdir
   user="$(service_user)"
-  rdir="$DATA_DIR/redis"
+  rdir="$(server_dir "$user" redis)"
   mkdir -p "$rdir"
   chown "$user" "$rdir"
   if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
