@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod ingest;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;

@@ -1,0 +1,1 @@
+//! DFL/Sportec event XML + match information → [`MatchFeed`](super::MatchFeed).

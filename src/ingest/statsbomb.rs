@@ -1,0 +1,1 @@
+//! StatsBomb open-data events JSON + lineups JSON → [`MatchFeed`](super::MatchFeed).
