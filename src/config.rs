@@ -78,27 +78,63 @@ pub struct TradingSettings {
     pub idempotency_retention_hours: u64,
 }
 
-/// Built-in match feed sources (live prices issue).
+/// Built-in match feed sources.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FeedSettings {
-    pub source: String,
-    pub replay_format: String,
+    pub source: FeedSource,
+    pub replay_format: ReplayFormat,
     pub replay_file: String,
     pub replay_lineups: String,
+    pub replay_kickoff: chrono::DateTime<chrono::Utc>,
     pub replay_speed: f64,
     pub replay_loop: bool,
+    pub starting_price_cents: i64,
+    pub simulator_players: usize,
+    pub simulator_events_per_minute: u32,
+    pub simulator_seed: u64,
 }
 
-/// The price engine (live prices issue).
+/// Where events come from besides the push endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedSource {
+    Replay,
+    Simulator,
+    None,
+}
+
+/// The provider format of a replayed match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayFormat {
+    Sportec,
+    Statsbomb,
+}
+
+/// The price engine.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PricingSettings {
+    /// Between-event tick period; 0 disables ticks.
     pub tick_ms: u64,
+    /// No price goes below this.
+    pub floor_cents: i64,
+    /// Uniform noise of a tick, ± basis points of the price.
+    pub tick_volatility_bp: i64,
+    /// Share of the distance back to the post-event price a tick closes.
+    pub tick_reversion_pct: i64,
+    /// Jump per event kind in basis points of the current price.
+    pub jumps_bp: std::collections::HashMap<String, i64>,
 }
 
-/// WebSocket fan-out (live prices issue).
+/// WebSocket fan-out.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BroadcastSettings {
+    /// Conflation interval: at most one price per player per socket per this.
     pub flush_ms: u64,
+    pub max_connections: usize,
+    pub client_burst: u32,
+    pub client_messages_per_sec: u32,
+    pub stuck_timeout_ms: u64,
 }
 
 /// Drops (flash sales issue).
@@ -211,6 +247,17 @@ impl Settings {
         if self.auth.max_concurrent_hashes == 0 || self.database.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "auth.max_concurrent_hashes and database.max_connections must be >= 1".into(),
+            ));
+        }
+        let speed_ok = self.feed.replay_speed.is_finite() && self.feed.replay_speed > 0.0;
+        if !speed_ok || self.feed.starting_price_cents < 1 {
+            return Err(ConfigError::Invalid(
+                "feed.replay_speed must be > 0 and feed.starting_price_cents >= 1".into(),
+            ));
+        }
+        if self.broadcast.flush_ms == 0 || self.broadcast.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "broadcast.flush_ms and broadcast.max_connections must be >= 1".into(),
             ));
         }
         if self.trading.idempotency_retention_hours < 24 {

@@ -4,6 +4,7 @@
 //! [`startup::Application`] wires everything.
 
 pub mod auth;
+pub mod broadcast;
 pub mod bus;
 pub mod config;
 pub mod db;
@@ -12,10 +13,12 @@ pub mod error;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;
+pub mod leader;
 pub mod ledger;
 pub mod loadgen;
 pub mod metrics;
 pub mod players;
+pub mod pricing;
 pub mod startup;
 pub mod telemetry;
 pub mod trading;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{self, AuthService, PgAccountStore, Revocations};
+use crate::broadcast::{self, BusPublisher, Hub};
 use crate::bus::Bus;
 use crate::config::Settings;
 use crate::db;
@@ -16,9 +17,11 @@ use crate::domain::Cents;
 use crate::error::Unexpected;
 use crate::http::{self, AppState};
 use crate::idempotency;
+use crate::leader::Leadership;
 use crate::ledger::PgLedger;
 use crate::metrics::Metrics;
 use crate::players::PgPlayers;
+use crate::pricing::{self, PgPrices, PriceStore, PricingRules, PricingService};
 use crate::trading::{PgOrders, TradingService};
 
 /// How often expired idempotency keys and revocations are deleted.
@@ -46,6 +49,8 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Rules(#[from] pricing::rules::RulesError),
 }
 
 impl Application {
@@ -70,13 +75,37 @@ impl Application {
             .await?,
         );
         let players = Arc::new(PgPlayers::new(pool.clone()));
+        let metrics = Arc::new(Metrics::new()?);
+
+        let hub = Arc::new(Hub::new());
+        let publisher = Arc::new(BusPublisher::new(bus.clone(), hub.clone()));
+        let prices = Arc::new(PgPrices::new(pool.clone()));
+        // The hub starts with every player's price, before the first socket.
+        hub.merge(
+            prices
+                .current()
+                .await
+                .map_err(|e| StartupError::Io(std::io::Error::other(e.to_string())))?
+                .iter()
+                .map(broadcast::messages::BusTick::from),
+        );
+        let pricing = Arc::new(PricingService::new(
+            prices.clone(),
+            publisher.clone(),
+            PricingRules::from_settings(&settings.pricing)?,
+            Duration::from_secs(settings.trading.lock_seconds),
+        ));
         let trading = Arc::new(TradingService::new(
             Arc::new(PgOrders::new(pool.clone())),
             players.clone(),
+            publisher,
         ));
-        let metrics = Arc::new(Metrics::new()?);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let leadership = Leadership::start(
+            settings.database.url.expose().to_string(),
+            shutdown_rx.clone(),
+        );
         let tasks = vec![
             tokio::spawn(auth::revocations::keep_current(
                 revocations,
@@ -88,7 +117,19 @@ impl Application {
                 pool.clone(),
                 accounts,
                 settings.trading.idempotency_retention_hours,
-                shutdown_rx,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(broadcast::run_hub(
+                hub.clone(),
+                bus.clone(),
+                prices,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(pricing::ticker::run(
+                pricing.clone(),
+                leadership.clone(),
+                settings.pricing.tick_ms,
+                shutdown_rx.clone(),
             )),
         ];
 
@@ -102,6 +143,10 @@ impl Application {
             bus: bus.clone(),
             pool,
             metrics,
+            pricing,
+            hub,
+            socket_limits: (&settings.broadcast).into(),
+            max_connections: settings.broadcast.max_connections,
         };
         let server = http::server(
             state,

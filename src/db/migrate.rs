@@ -3,10 +3,16 @@ use deadpool_postgres::Pool;
 use super::DbError;
 
 /// The migrations compiled into the binary, in the order they apply.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_foundation",
-    include_str!("../../migrations/0001_foundation.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_foundation",
+        include_str!("../../migrations/0001_foundation.sql"),
+    ),
+    (
+        "0002_live_prices",
+        include_str!("../../migrations/0002_live_prices.sql"),
+    ),
+];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.
 const MIGRATION_LOCK_KEY: i64 = 0x6d61_7463_6864_6179; // "matchday"

@@ -9,9 +9,12 @@ use super::extract;
 use super::wire::*;
 use super::AppState;
 use crate::auth::{Password, Username, MAX_BULK_USERS, MAX_OPENING_BALANCE_CENTS};
+use crate::broadcast::{self, AcceptError};
 use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::idempotency;
+use crate::ingest::EventKind;
 use crate::players::{NewPlayer, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
+use crate::pricing::{Applied, NewEvent, PricingError, Tick};
 use crate::trading::{NewOrder, ORDERS_ENDPOINT};
 
 type Reply = Result<HttpResponse, ApiError>;
@@ -172,6 +175,19 @@ pub async fn create_player(
         )));
     }
     let player = state.players.create(new).await?;
+    // Every replica's hub learns the new player at once.
+    state
+        .pricing
+        .sink()
+        .ticks(&[Tick {
+            player: player.id,
+            price: player.price,
+            epoch: player.epoch,
+            seq: 0,
+            at: chrono::Utc::now(),
+            locked_until: None,
+        }])
+        .await;
     Ok(HttpResponse::Created().json(PlayerResponse::from(player)))
 }
 
@@ -271,6 +287,90 @@ pub async fn audit(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     extract::admin(&req, &state.auth)?;
     let report = state.ledger.audit().await?;
     Ok(HttpResponse::Ok().json(AuditResponse::from(report)))
+}
+
+/// Longest `event_id` accepted.
+const MAX_EVENT_ID_CHARS: usize = 200;
+
+pub async fn push_event(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    extract::admin(&req, &state.auth)?;
+    let body: EventRequest = extract::json(&req, payload).await?;
+    let visible = |text: &str, max: usize| {
+        !text.is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control)
+    };
+    if !visible(&body.event_id, MAX_EVENT_ID_CHARS) || !visible(&body.match_id, MAX_TEXT_CHARS) {
+        return Err(ApiError::invalid_input(
+            "event_id and match_id must be non-empty printable text",
+        ));
+    }
+    let kind = EventKind::parse(&body.kind)
+        .ok_or_else(|| ApiError::invalid_input(format!("unknown kind {:?}", body.kind)))?;
+    let occurred_at = chrono::DateTime::parse_from_rfc3339(&body.occurred_at)
+        .map_err(|_| ApiError::invalid_input("occurred_at must be an RFC 3339 time"))?
+        .with_timezone(&chrono::Utc);
+    if body.player_id < 1 || body.minute.is_some_and(|m| !(0..=200).contains(&m)) {
+        return Err(ApiError::invalid_input(
+            "player_id must be a positive id and minute 0-200",
+        ));
+    }
+    let event = NewEvent {
+        event_id: body.event_id,
+        match_id: body.match_id,
+        player: PlayerId(body.player_id),
+        kind,
+        occurred_at,
+        minute: body.minute,
+    };
+    match state.pricing.apply(&event).await {
+        Ok(Applied::Applied(applied)) => Ok(HttpResponse::Accepted().json(EventAppliedResponse {
+            applied: true,
+            player_id: applied.player.0,
+            price_cents: applied.price.get(),
+            epoch: applied.epoch,
+            locked_until: timestamp(applied.locked_until),
+            applied_at: timestamp(applied.applied_at),
+        })),
+        Ok(Applied::Duplicate) => Ok(HttpResponse::Ok().json(EventDuplicateResponse {
+            applied: false,
+            duplicate: true,
+        })),
+        Err(PricingError::UnknownPlayer) => Err(ApiError::not_found("no such player")),
+        Err(PricingError::Unexpected(cause)) => Err(ApiError::internal(&cause)),
+    }
+}
+
+pub async fn websocket(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
+    let query =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .map_err(|_| ApiError::bad_request("malformed query string"))?;
+    let user = match query.get("token") {
+        None => None,
+        Some(token) => match state.auth.authenticate(token)? {
+            crate::auth::Principal::User(claims) => Some(claims.user_id),
+            crate::auth::Principal::Admin => return Err(ApiError::unauthorized()),
+        },
+    };
+    broadcast::accept(
+        &state.hub,
+        &req,
+        body,
+        user,
+        state.socket_limits.clone(),
+        state.max_connections,
+    )
+    .map_err(|error| match error {
+        AcceptError::Full => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this replica holds its maximum of WebSocket connections; try another",
+        )
+        .retry_after(1_000),
+        AcceptError::NotWebSocket => ApiError::bad_request("expected a WebSocket upgrade"),
+    })
 }
 
 pub async fn no_route() -> Reply {

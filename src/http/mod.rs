@@ -6,7 +6,7 @@
 mod error;
 mod extract;
 mod handlers;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,10 +20,13 @@ use tracing::Instrument;
 pub use error::ApiError;
 
 use crate::auth::AuthService;
+use crate::broadcast::ws::SocketLimits;
+use crate::broadcast::Hub;
 use crate::bus::Bus;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::players::PlayerStore;
+use crate::pricing::PricingService;
 use crate::trading::TradingService;
 
 /// What every handler can reach.
@@ -35,6 +38,10 @@ pub struct AppState {
     pub bus: Bus,
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
+    pub pricing: Arc<PricingService>,
+    pub hub: Arc<Hub>,
+    pub socket_limits: SocketLimits,
+    pub max_connections: usize,
 }
 
 /// Registers every route of API.md.
@@ -44,6 +51,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/readyz").route(web::get().to(readyz)))
         .service(resource("/metrics").route(web::get().to(metrics)))
+        .service(resource("/ws").route(web::get().to(websocket)))
         .service(
             web::scope("/api/v1")
                 .service(resource("/auth/register").route(web::post().to(register)))
@@ -61,7 +69,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/portfolio").route(web::get().to(portfolio)))
                 .service(resource("/admin/users/bulk").route(web::post().to(bulk_users)))
                 .service(resource("/admin/players").route(web::post().to(create_player)))
-                .service(resource("/admin/audit").route(web::get().to(audit))),
+                .service(resource("/admin/audit").route(web::get().to(audit)))
+                .service(resource("/admin/feed/events").route(web::post().to(push_event))),
         )
         .default_service(web::to(no_route));
 }

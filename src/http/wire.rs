@@ -223,3 +223,31 @@ impl From<AuditReport> for AuditResponse {
         }
     }
 }
+
+/// A pushed match event (`POST /api/v1/admin/feed/events`).
+#[derive(Deserialize)]
+pub struct EventRequest {
+    pub event_id: String,
+    pub match_id: String,
+    pub player_id: i64,
+    pub kind: String,
+    pub occurred_at: String,
+    #[serde(default)]
+    pub minute: Option<i32>,
+}
+
+#[derive(Serialize)]
+pub struct EventAppliedResponse {
+    pub applied: bool,
+    pub player_id: i64,
+    pub price_cents: i64,
+    pub epoch: i64,
+    pub locked_until: String,
+    pub applied_at: String,
+}
+
+#[derive(Serialize)]
+pub struct EventDuplicateResponse {
+    pub applied: bool,
+    pub duplicate: bool,
+}

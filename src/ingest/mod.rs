@@ -66,7 +66,9 @@ impl EventKind {
 
     /// Parses the wire spelling.
     pub fn parse(value: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|kind| kind.as_str() == value)
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == value)
     }
 }
 

@@ -51,8 +51,8 @@ impl PlayerStore for PgPlayers {
         let row = tx
             .query_one(
                 &format!(
-                    "INSERT INTO players (name, team, position, price_cents)
-                     VALUES ($1, $2, $3, $4) RETURNING {PLAYER_COLUMNS}"
+                    "INSERT INTO players (name, team, position, price_cents, anchor_cents)
+                     VALUES ($1, $2, $3, $4, $4) RETURNING {PLAYER_COLUMNS}"
                 ),
                 &[&new.name, &new.team, &new.position, &new.price.get()],
             )

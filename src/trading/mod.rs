@@ -170,16 +170,33 @@ pub trait OrderStore: Send + Sync {
     async fn positions(&self, user: UserId) -> Result<Positions, Unexpected>;
 }
 
+/// Told of every new fill (the broadcast side puts it on the user's socket).
+#[async_trait]
+pub trait FillNotifier: Send + Sync {
+    /// `fill` was just committed for `user`.
+    async fn order_filled(&self, user: UserId, fill: &Fill);
+}
+
 /// Places orders and values portfolios.
 pub struct TradingService {
     store: Arc<dyn OrderStore>,
     prices: Arc<dyn PriceReader>,
+    notifier: Arc<dyn FillNotifier>,
 }
 
 impl TradingService {
-    /// A service over `store`, reading prices from `prices`.
-    pub fn new(store: Arc<dyn OrderStore>, prices: Arc<dyn PriceReader>) -> TradingService {
-        TradingService { store, prices }
+    /// A service over `store`, reading prices from `prices`, telling
+    /// `notifier` of fills.
+    pub fn new(
+        store: Arc<dyn OrderStore>,
+        prices: Arc<dyn PriceReader>,
+        notifier: Arc<dyn FillNotifier>,
+    ) -> TradingService {
+        TradingService {
+            store,
+            prices,
+            notifier,
+        }
     }
 
     /// Places an order at the live price.
@@ -188,7 +205,12 @@ impl TradingService {
         for _ in 0..MAX_QUOTE_ATTEMPTS {
             let quote = self.prices.quote(order.player).await?;
             match self.store.place(order, quote).await? {
-                Attempt::Done(placed) => return Ok(placed),
+                Attempt::Done(placed) => {
+                    if let (false, Ok(fill)) = (placed.replayed, &placed.outcome) {
+                        self.notifier.order_filled(order.user, fill).await;
+                    }
+                    return Ok(placed);
+                }
                 Attempt::StaleQuote => continue,
             }
         }

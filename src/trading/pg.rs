@@ -166,7 +166,8 @@ impl OrderStore for PgOrders {
         // same user cannot deadlock. They serialise on the user row anyway.
         let player = tx
             .query_opt(
-                "SELECT p.epoch, p.locked_until, clock_timestamp(), nextval('orders_id_seq')
+                "SELECT p.epoch, p.locked_until, clock_timestamp(), nextval('orders_id_seq'),
+                        p.price_cents
                    FROM players p, users u
                   WHERE p.id = $1 AND u.id = $2
                     FOR SHARE OF p FOR NO KEY UPDATE OF u",
@@ -181,14 +182,17 @@ impl OrderStore for PgOrders {
         let locked_until: Option<DateTime<Utc>> = player.get(1);
         let now: DateTime<Utc> = player.get(2);
         let order_id: i64 = player.get(3);
+        // The price under the row lock is the live price: ticks and events
+        // update this row, and neither can while the order holds it.
+        let live_price = Cents::new(player.get(4));
         if let Some(retry_after_ms) = locked_until.and_then(|until| retry_after_ms(until, now)) {
             return Err(TradingError::PlayerLocked { retry_after_ms });
         }
-        let Some(quote) = quote.filter(|q| q.epoch == epoch) else {
+        if quote.is_none_or(|q| q.epoch != epoch) {
             return Ok(Attempt::StaleQuote);
-        };
+        }
 
-        let price = quote.price;
+        let price = live_price;
         let limit_met = match (order.side, order.limit) {
             (_, None) => true,
             (Side::Buy, Some(limit)) => price <= limit,

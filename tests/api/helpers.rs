@@ -61,6 +61,9 @@ pub async fn test_settings() -> Settings {
     settings.server.shutdown_timeout_seconds = 1;
     settings.admin.token = Some(Secret::new(ADMIN_TOKEN));
     settings.auth.max_concurrent_hashes = 2;
+    // Prices stay put unless a test turns ticks or a feed on.
+    settings.pricing.tick_ms = 0;
+    settings.feed.source = matchday::config::FeedSource::None;
     settings
 }
 

@@ -1,0 +1,158 @@
+//! WebSocket wire messages (API.md) and the bus formats behind them.
+
+use bytestring::ByteString;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Slot;
+use crate::http::wire::{timestamp, OrderResponse};
+use crate::pricing::{AppliedEvent, Tick};
+use crate::trading::Fill;
+
+/// A tick as it travels on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusTick {
+    pub player_id: i64,
+    pub price_cents: i64,
+    pub epoch: i64,
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub locked_until_ms: Option<i64>,
+}
+
+/// A tick inside a `prices` frame.
+#[derive(Serialize)]
+struct WireTick {
+    player_id: i64,
+    price_cents: i64,
+    epoch: i64,
+    seq: i64,
+    ts_ms: i64,
+}
+
+/// `data` of a `player:{id}` snapshot.
+#[derive(Serialize)]
+struct WirePlayerState {
+    player_id: i64,
+    price_cents: i64,
+    epoch: i64,
+    seq: i64,
+    ts_ms: i64,
+    locked_until: Option<String>,
+}
+
+fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+impl BusTick {
+    /// Serialises the tick once, for every socket of this replica.
+    pub fn slot(&self) -> Slot {
+        let tick = WireTick {
+            player_id: self.player_id,
+            price_cents: self.price_cents,
+            epoch: self.epoch,
+            seq: self.seq,
+            ts_ms: self.ts_ms,
+        };
+        let state = WirePlayerState {
+            player_id: self.player_id,
+            price_cents: self.price_cents,
+            epoch: self.epoch,
+            seq: self.seq,
+            ts_ms: self.ts_ms,
+            locked_until: self.locked_until_ms.and_then(from_ms).map(timestamp),
+        };
+        Slot {
+            seq: self.seq,
+            tick_json: ByteString::from(serde_json::to_string(&tick).unwrap_or_default()),
+            snapshot_json: ByteString::from(serde_json::to_string(&state).unwrap_or_default()),
+        }
+    }
+}
+
+impl From<&Tick> for BusTick {
+    fn from(tick: &Tick) -> BusTick {
+        BusTick {
+            player_id: tick.player.0,
+            price_cents: tick.price.get(),
+            epoch: tick.epoch,
+            seq: tick.seq,
+            ts_ms: tick.at.timestamp_millis(),
+            locked_until_ms: tick.locked_until.map(|t| t.timestamp_millis()),
+        }
+    }
+}
+
+/// `{"type":"event",…}`: on the bus exactly as sockets receive it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventMessage {
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub player_id: i64,
+    #[serde(rename = "kind")]
+    pub event_kind: String,
+    pub price_cents: i64,
+    pub epoch: i64,
+    /// Extension: the price's `seq`, so the hub can order it with ticks.
+    pub seq: i64,
+    pub locked_until: Option<String>,
+    pub ts_ms: i64,
+    /// Extension: the feed's event id.
+    pub event_id: String,
+    /// Extension: true when this withdraws an earlier event.
+    pub correction: bool,
+}
+
+impl EventMessage {
+    /// The event's new price as a tick.
+    pub fn tick(&self) -> BusTick {
+        BusTick {
+            player_id: self.player_id,
+            price_cents: self.price_cents,
+            epoch: self.epoch,
+            seq: self.seq,
+            ts_ms: self.ts_ms,
+            locked_until_ms: self
+                .locked_until
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis()),
+        }
+    }
+}
+
+impl From<&AppliedEvent> for EventMessage {
+    fn from(event: &AppliedEvent) -> EventMessage {
+        EventMessage {
+            message_type: "event".to_string(),
+            player_id: event.player.0,
+            event_kind: event.kind.as_str().to_string(),
+            price_cents: event.price.get(),
+            epoch: event.epoch,
+            seq: event.seq,
+            locked_until: Some(timestamp(event.locked_until)),
+            ts_ms: event.applied_at.timestamp_millis(),
+            event_id: event.event_id.clone(),
+            correction: event.correction,
+        }
+    }
+}
+
+/// `{"type":"order",…}` on the `user` channel: the order's 201 body.
+#[derive(Serialize)]
+pub struct OrderMessage {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    order: OrderResponse,
+}
+
+impl From<&Fill> for OrderMessage {
+    fn from(fill: &Fill) -> OrderMessage {
+        OrderMessage {
+            kind: "order",
+            order: OrderResponse::from(fill.clone()),
+        }
+    }
+}

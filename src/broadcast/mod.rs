@@ -1,0 +1,445 @@
+//! Broadcast: prices, events and users' own fills to WebSocket clients.
+//!
+//! Every replica runs one [`Hub`]: one Redis subscription (never one per
+//! socket), a table of the latest price per player, and the registry of its
+//! sockets. Prices are conflated by construction: a socket does not queue
+//! ticks, it remembers the last `seq` it sent per player and, every
+//! `broadcast.flush_ms`, sends one frame with whatever is newer in the table.
+//! Each tick is serialised once per replica and the bytes are shared.
+//! Events and a user's own fills are never conflated: they go through a
+//! bounded per-socket queue, and a socket whose queue stays full is closed
+//! (1013) so it reconnects and takes a fresh snapshot.
+//!
+//! Never computes prices and never touches Postgres except to resynchronise
+//! the price table.
+
+pub mod messages;
+pub mod ws;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytestring::ByteString;
+use tokio::sync::{mpsc, watch};
+
+use crate::bus::Bus;
+use crate::domain::UserId;
+use crate::pricing::{AppliedEvent, PriceSink, PriceStore, Tick};
+use crate::trading::{Fill, FillNotifier};
+use messages::BusTick;
+
+/// Bus channel of price ticks (a JSON array per message).
+pub const PRICES_CHANNEL: &str = "broadcast:prices";
+/// Bus channel of applied events (the `event` wire message itself).
+pub const EVENTS_CHANNEL: &str = "broadcast:events";
+/// Bus channel of per-user messages: `<user_id>|<wire message>`.
+pub const USERS_CHANNEL: &str = "broadcast:users";
+/// Messages a socket may have queued (events, fills, replies) before it
+/// counts as stuck.
+pub const SOCKET_QUEUE: usize = 256;
+/// How often the price table is reloaded from Postgres, repairing anything a
+/// lost pub/sub message left stale.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The latest price of one player, pre-serialised.
+#[derive(Clone)]
+pub struct Slot {
+    pub seq: i64,
+    /// `{"player_id",…,"ts_ms"}` as it appears inside a `prices` frame.
+    pub tick_json: ByteString,
+    /// The `player:{id}` snapshot `data`, with `locked_until`.
+    pub snapshot_json: ByteString,
+}
+
+/// What the hub knows of one socket, for routing events and fills.
+struct Registration {
+    user: Option<UserId>,
+    events: bool,
+    players: HashSet<i64>,
+    queue: mpsc::Sender<ByteString>,
+    stuck: Arc<AtomicBool>,
+}
+
+/// A replica's fan-out state.
+pub struct Hub {
+    latest: RwLock<HashMap<i64, Slot>>,
+    /// Bumped on every change of `latest`; sockets skip a flush when it has
+    /// not moved.
+    generation: AtomicU64,
+    sockets: Mutex<HashMap<u64, Registration>>,
+    next_socket: AtomicU64,
+    connections: AtomicUsize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Hub {
+        Hub {
+            latest: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            sockets: Mutex::new(HashMap::new()),
+            next_socket: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes newer ticks into the table (older or equal `seq` is ignored, so
+    /// nothing ever goes backwards whatever order messages arrive in).
+    pub fn merge(&self, ticks: impl IntoIterator<Item = BusTick>) {
+        let mut changed = false;
+        {
+            let mut latest = self.latest.write().unwrap_or_else(|p| p.into_inner());
+            for tick in ticks {
+                let newer = latest
+                    .get(&tick.player_id)
+                    .is_none_or(|slot| slot.seq < tick.seq);
+                if newer {
+                    latest.insert(tick.player_id, tick.slot());
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The current generation of the price table.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The slot of one player.
+    pub fn slot(&self, player: i64) -> Option<Slot> {
+        let latest = self.latest.read().unwrap_or_else(|p| p.into_inner());
+        latest.get(&player).cloned()
+    }
+
+    /// Appends to `frame` every tick newer than `sent` among `players`,
+    /// recording what was sent. Returns how many ticks were added.
+    pub fn newer_ticks(&self, sent: &mut HashMap<i64, i64>, frame: &mut String) -> usize {
+        let latest = self.latest.read().unwrap_or_else(|p| p.into_inner());
+        let mut added = 0;
+        for (player, last_seq) in sent.iter_mut() {
+            if let Some(slot) = latest.get(player) {
+                if slot.seq > *last_seq {
+                    if added > 0 {
+                        frame.push(',');
+                    }
+                    frame.push_str(&slot.tick_json);
+                    *last_seq = slot.seq;
+                    added += 1;
+                }
+            }
+        }
+        added
+    }
+
+    /// Sockets connected to this replica.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Reserves a connection slot, or `None` past `max`.
+    fn admit(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+        let before = self.connections.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot { hub: self.clone() })
+    }
+
+    fn register(
+        &self,
+        user: Option<UserId>,
+        queue: mpsc::Sender<ByteString>,
+        stuck: Arc<AtomicBool>,
+    ) -> u64 {
+        let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets.insert(
+            id,
+            Registration {
+                user,
+                events: false,
+                players: HashSet::new(),
+                queue,
+                stuck,
+            },
+        );
+        id
+    }
+
+    fn update_registration(&self, id: u64, events: bool, players: HashSet<i64>) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(registration) = sockets.get_mut(&id) {
+            registration.events = events;
+            registration.players = players;
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets.remove(&id);
+    }
+
+    /// Queues `message` for every socket `wants`; a socket whose queue is
+    /// full is marked stuck and will be closed with 1013.
+    fn route(&self, message: &ByteString, wants: impl Fn(&Registration) -> bool) {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        for registration in sockets.values() {
+            if wants(registration) && registration.queue.try_send(message.clone()).is_err() {
+                registration.stuck.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Handles one message from the bus.
+    pub fn on_bus_message(&self, channel: &str, payload: &str) {
+        match channel {
+            PRICES_CHANNEL => match serde_json::from_str::<Vec<BusTick>>(payload) {
+                Ok(ticks) => self.merge(ticks),
+                Err(error) => tracing::warn!(%error, "malformed prices message"),
+            },
+            EVENTS_CHANNEL => match serde_json::from_str::<messages::EventMessage>(payload) {
+                Ok(event) => {
+                    self.merge([event.tick()]);
+                    let player = event.player_id;
+                    let bytes = ByteString::from(payload.to_string());
+                    self.route(&bytes, |r| r.events || r.players.contains(&player));
+                }
+                Err(error) => tracing::warn!(%error, "malformed event message"),
+            },
+            USERS_CHANNEL => {
+                let Some((user, message)) = payload.split_once('|') else {
+                    return;
+                };
+                let Ok(user) = user.parse::<i64>() else {
+                    return;
+                };
+                let bytes = ByteString::from(message.to_string());
+                self.route(&bytes, |r| r.user == Some(UserId(user)));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A held connection slot; released on drop.
+struct ConnectionSlot {
+    hub: Arc<Hub>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.hub.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a WebSocket could not be accepted.
+#[derive(Debug)]
+pub enum AcceptError {
+    /// This replica holds `broadcast.max_connections` sockets already.
+    Full,
+    /// The request is not a valid WebSocket upgrade.
+    NotWebSocket,
+}
+
+/// Upgrades `req` and runs the socket on the current worker.
+pub fn accept(
+    hub: &Arc<Hub>,
+    req: &actix_web::HttpRequest,
+    body: actix_web::web::Payload,
+    user: Option<UserId>,
+    limits: ws::SocketLimits,
+    max_connections: usize,
+) -> Result<actix_web::HttpResponse, AcceptError> {
+    let slot = hub.admit(max_connections).ok_or(AcceptError::Full)?;
+    let (response, session, stream) =
+        actix_ws::handle(req, body).map_err(|_| AcceptError::NotWebSocket)?;
+    let hub = hub.clone();
+    actix_web::rt::spawn(async move {
+        ws::run(hub, session, stream, user, limits).await;
+        drop(slot);
+    });
+    Ok(response)
+}
+
+/// Feeds the hub from the bus and from Postgres until `shutdown` flips.
+pub async fn run_hub(
+    hub: Arc<Hub>,
+    bus: Bus,
+    prices: Arc<dyn PriceStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut messages = bus.messages();
+    for channel in [PRICES_CHANNEL, EVENTS_CHANNEL, USERS_CHANNEL] {
+        if let Err(error) = bus.subscribe(channel).await {
+            tracing::warn!(%error, channel, "hub subscription failed; relying on resync");
+        }
+    }
+    let names: HashMap<String, &'static str> = [PRICES_CHANNEL, EVENTS_CHANNEL, USERS_CHANNEL]
+        .into_iter()
+        .map(|c| (bus.key(c), c))
+        .collect();
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = resync.tick() => match prices.current().await {
+                Ok(ticks) => hub.merge(ticks.iter().map(BusTick::from)),
+                Err(error) => tracing::warn!(%error, "price resync failed"),
+            },
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    if let Some(channel) = names.get(&*message.channel) {
+                        if let Some(payload) = message.value.as_str() {
+                            hub.on_bus_message(channel, &payload);
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "hub lagged behind the bus; resyncing");
+                    if let Ok(ticks) = prices.current().await {
+                        hub.merge(ticks.iter().map(BusTick::from));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Publishes prices, events and fills on the bus for every replica's hub.
+pub struct BusPublisher {
+    bus: Bus,
+    /// This replica's hub, updated at once too, so the publishing replica's
+    /// own sockets never wait for the round trip through Redis.
+    hub: Arc<Hub>,
+}
+
+impl BusPublisher {
+    /// A publisher on `bus`.
+    pub fn new(bus: Bus, hub: Arc<Hub>) -> BusPublisher {
+        BusPublisher { bus, hub }
+    }
+
+    async fn publish(&self, channel: &str, payload: String) {
+        if let Err(error) = self.bus.publish(channel, payload).await {
+            tracing::warn!(%error, channel, "publish failed; hubs will resync from Postgres");
+        }
+    }
+}
+
+#[async_trait]
+impl PriceSink for BusPublisher {
+    async fn ticks(&self, ticks: &[Tick]) {
+        let bus_ticks: Vec<BusTick> = ticks.iter().map(BusTick::from).collect();
+        let Ok(payload) = serde_json::to_string(&bus_ticks) else {
+            return;
+        };
+        self.hub.merge(bus_ticks);
+        self.publish(PRICES_CHANNEL, payload).await;
+    }
+
+    async fn event(&self, event: &AppliedEvent) {
+        let Ok(payload) = serde_json::to_string(&messages::EventMessage::from(event)) else {
+            return;
+        };
+        self.publish(EVENTS_CHANNEL, payload).await;
+    }
+}
+
+#[async_trait]
+impl FillNotifier for BusPublisher {
+    async fn order_filled(&self, user: UserId, fill: &Fill) {
+        let Ok(message) = serde_json::to_string(&messages::OrderMessage::from(fill)) else {
+            return;
+        };
+        self.publish(USERS_CHANNEL, format!("{}|{}", user.0, message))
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick(player: i64, seq: i64, price: i64) -> BusTick {
+        BusTick {
+            player_id: player,
+            price_cents: price,
+            epoch: 0,
+            seq,
+            ts_ms: 1_000 + seq,
+            locked_until_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_table_never_goes_backwards() {
+        let hub = Hub::new();
+        hub.merge([tick(1, 5, 500)]);
+        let generation = hub.generation();
+        hub.merge([tick(1, 4, 400), tick(1, 5, 999)]);
+        assert_eq!(hub.generation(), generation, "stale ticks change nothing");
+        assert_eq!(hub.slot(1).map(|s| s.seq), Some(5));
+        hub.merge([tick(1, 6, 600)]);
+        assert!(hub.generation() > generation);
+    }
+
+    #[test]
+    fn many_ticks_between_flushes_conflate_into_the_latest_per_player() {
+        let hub = Hub::new();
+        let mut sent = HashMap::from([(1, 0), (2, 0), (3, 0)]);
+        for seq in 1..=50 {
+            hub.merge([tick(1, seq, 100 + seq), tick(2, seq, 200 + seq)]);
+        }
+        let mut frame = String::new();
+        assert_eq!(hub.newer_ticks(&mut sent, &mut frame), 2);
+        assert!(frame.contains("\"price_cents\":150"), "{frame}");
+        assert!(frame.contains("\"price_cents\":250"), "{frame}");
+        assert!(!frame.contains("\"price_cents\":149"), "{frame}");
+        // Nothing new: the next flush sends nothing.
+        let mut again = String::new();
+        assert_eq!(hub.newer_ticks(&mut sent, &mut again), 0);
+    }
+
+    #[test]
+    fn a_full_queue_marks_the_socket_stuck_instead_of_growing() {
+        let hub = Hub::new();
+        let (queue, _receiver) = mpsc::channel(2);
+        let stuck = Arc::new(AtomicBool::new(false));
+        let id = hub.register(None, queue, stuck.clone());
+        hub.update_registration(id, true, HashSet::new());
+        let event = serde_json::to_string(&messages::EventMessage {
+            message_type: "event".into(),
+            player_id: 1,
+            event_kind: "goal".into(),
+            price_cents: 10,
+            epoch: 1,
+            seq: 1,
+            locked_until: None,
+            ts_ms: 1,
+            event_id: "e".into(),
+            correction: false,
+        })
+        .unwrap();
+        for _ in 0..2 {
+            hub.on_bus_message(EVENTS_CHANNEL, &event);
+        }
+        assert!(!stuck.load(Ordering::Acquire));
+        hub.on_bus_message(EVENTS_CHANNEL, &event);
+        assert!(stuck.load(Ordering::Acquire));
+    }
+}

@@ -1,0 +1,393 @@
+//! `/ws`: one task per socket on the HTTP worker that accepted it.
+//!
+//! A socket owns: the last `seq` it sent per subscribed player (conflation
+//! is a comparison with the hub's table at each flush, not a queue), a
+//! bounded queue of messages that must not be dropped (events, fills), and a
+//! token bucket for what the client sends. Every bound is named below or in
+//! `[broadcast]` config.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{CloseCode, CloseReason, Message, ProtocolError, Session};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{Hub, SOCKET_QUEUE};
+use crate::config::BroadcastSettings;
+use crate::domain::UserId;
+
+/// Largest client frame; bigger ones close the socket with 1009.
+pub const MAX_CLIENT_FRAME_BYTES: usize = 16 * 1024;
+/// Channels one socket may hold.
+pub const MAX_CHANNELS_PER_SOCKET: usize = 1_000;
+/// Server pings this often.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
+/// A socket silent (no frame, no pong) this long is closed.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Per-socket limits, from `[broadcast]`.
+#[derive(Debug, Clone)]
+pub struct SocketLimits {
+    pub flush: Duration,
+    pub burst: u32,
+    pub messages_per_sec: u32,
+    pub stuck_timeout: Duration,
+}
+
+impl From<&BroadcastSettings> for SocketLimits {
+    fn from(settings: &BroadcastSettings) -> SocketLimits {
+        SocketLimits {
+            flush: Duration::from_millis(settings.flush_ms),
+            burst: settings.client_burst.max(1),
+            messages_per_sec: settings.client_messages_per_sec,
+            stuck_timeout: Duration::from_millis(settings.stuck_timeout_ms.max(1)),
+        }
+    }
+}
+
+/// A token bucket over client messages (GCRA-equivalent for one socket).
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// Full bucket of `burst`, refilled at `per_sec`.
+    pub fn new(burst: u32, per_sec: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            capacity: burst as f64,
+            per_sec: per_sec as f64,
+            tokens: burst as f64,
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ClientOp {
+    op: String,
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+/// A channel a client can name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Channel {
+    Player(i64),
+    Events,
+    User,
+}
+
+fn parse_channel(name: &str) -> Option<Channel> {
+    match name {
+        "events" => Some(Channel::Events),
+        "user" => Some(Channel::User),
+        _ => name
+            .strip_prefix("player:")
+            .and_then(|id| id.parse::<i64>().ok())
+            .filter(|id| *id > 0)
+            .map(Channel::Player),
+    }
+}
+
+fn error_message(code: &str, message: &str, channels: Option<&[String]>) -> ByteString {
+    let mut value = serde_json::json!({"type": "error", "code": code, "message": message});
+    if let Some(channels) = channels {
+        value["channels"] = serde_json::json!(channels);
+    }
+    ByteString::from(value.to_string())
+}
+
+struct Socket {
+    id: u64,
+    hub: Arc<Hub>,
+    user: Option<UserId>,
+    /// Last `seq` sent per subscribed player.
+    sent: HashMap<i64, i64>,
+    events: bool,
+    generation: u64,
+}
+
+impl Socket {
+    fn registration_changed(&self) {
+        let players: HashSet<i64> = self.sent.keys().copied().collect();
+        self.hub.update_registration(self.id, self.events, players);
+    }
+
+    fn handle_text(&mut self, text: &str) -> Vec<ByteString> {
+        let op: ClientOp = match serde_json::from_str(text) {
+            Ok(op) => op,
+            Err(_) => return vec![error_message(
+                "bad_request",
+                "expected {\"op\": \"subscribe\"|\"unsubscribe\"|\"ping\", \"channels\": [...]}",
+                None,
+            )],
+        };
+        match op.op.as_str() {
+            "ping" => vec![ByteString::from_static("{\"type\":\"pong\"}")],
+            "subscribe" => self.subscribe(&op.channels),
+            "unsubscribe" => self.unsubscribe(&op.channels),
+            _ => vec![error_message("bad_request", "unknown op", None)],
+        }
+    }
+
+    fn subscribe(&mut self, names: &[String]) -> Vec<ByteString> {
+        let mut accepted: Vec<&str> = Vec::new();
+        let mut snapshot = String::new();
+        let mut invalid: Vec<String> = Vec::new();
+        let mut over_limit: Vec<String> = Vec::new();
+        for name in names {
+            match parse_channel(name) {
+                Some(Channel::Events) => {
+                    self.events = true;
+                    accepted.push(name);
+                }
+                Some(Channel::User) if self.user.is_some() => accepted.push(name),
+                Some(Channel::Player(id)) => {
+                    if !self.sent.contains_key(&id) && self.sent.len() >= MAX_CHANNELS_PER_SOCKET {
+                        over_limit.push(name.clone());
+                        continue;
+                    }
+                    let Some(slot) = self.hub.slot(id) else {
+                        invalid.push(name.clone());
+                        continue;
+                    };
+                    self.sent.insert(id, slot.seq);
+                    if !snapshot.is_empty() {
+                        snapshot.push(',');
+                    }
+                    snapshot.push_str("{\"channel\":");
+                    snapshot.push_str(&serde_json::to_string(name).unwrap_or_default());
+                    snapshot.push_str(",\"data\":");
+                    snapshot.push_str(&slot.snapshot_json);
+                    snapshot.push('}');
+                    accepted.push(name);
+                }
+                _ => invalid.push(name.clone()),
+            }
+        }
+        self.registration_changed();
+        let mut replies = vec![ByteString::from(format!(
+            "{{\"type\":\"subscribed\",\"channels\":{},\"snapshot\":[{}]}}",
+            serde_json::to_string(&accepted).unwrap_or_else(|_| "[]".into()),
+            snapshot
+        ))];
+        if !invalid.is_empty() {
+            replies.push(error_message(
+                "invalid_channel",
+                "unknown or malformed channel",
+                Some(&invalid),
+            ));
+        }
+        if !over_limit.is_empty() {
+            replies.push(error_message(
+                "too_many_channels",
+                "a socket may hold at most 1000 player channels",
+                Some(&over_limit),
+            ));
+        }
+        replies
+    }
+
+    fn unsubscribe(&mut self, names: &[String]) -> Vec<ByteString> {
+        let mut removed: Vec<&str> = Vec::new();
+        for name in names {
+            match parse_channel(name) {
+                Some(Channel::Events) if self.events => {
+                    self.events = false;
+                    removed.push(name);
+                }
+                Some(Channel::Player(id)) if self.sent.remove(&id).is_some() => removed.push(name),
+                _ => {}
+            }
+        }
+        self.registration_changed();
+        vec![ByteString::from(format!(
+            "{{\"type\":\"unsubscribed\",\"channels\":{}}}",
+            serde_json::to_string(&removed).unwrap_or_else(|_| "[]".into())
+        ))]
+    }
+
+    /// The `prices` frame of everything newer than what was sent, if any.
+    fn flush(&mut self) -> Option<ByteString> {
+        let generation = self.hub.generation();
+        if generation == self.generation || self.sent.is_empty() {
+            return None;
+        }
+        self.generation = generation;
+        let mut frame = String::from("{\"type\":\"prices\",\"ticks\":[");
+        if self.hub.newer_ticks(&mut self.sent, &mut frame) == 0 {
+            return None;
+        }
+        frame.push_str("]}");
+        Some(ByteString::from(frame))
+    }
+}
+
+/// Sends within the stuck timeout; `false` means the socket is stuck or gone.
+async fn send(session: &mut Session, message: ByteString, limits: &SocketLimits) -> bool {
+    matches!(
+        tokio::time::timeout(limits.stuck_timeout, session.text(message)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Runs one socket until it closes.
+pub(super) async fn run(
+    hub: Arc<Hub>,
+    mut session: Session,
+    stream: actix_ws::MessageStream,
+    user: Option<UserId>,
+    limits: SocketLimits,
+) {
+    let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME_BYTES);
+    let (queue, mut queued) = mpsc::channel::<ByteString>(SOCKET_QUEUE);
+    let stuck = Arc::new(AtomicBool::new(false));
+    let id = hub.register(user, queue, stuck.clone());
+    let mut socket = Socket {
+        id,
+        hub: hub.clone(),
+        user,
+        sent: HashMap::new(),
+        events: false,
+        generation: 0,
+    };
+    let mut bucket = TokenBucket::new(limits.burst, limits.messages_per_sec, Instant::now());
+    // Spread flushes of many sockets over the interval.
+    let offset = rand::thread_rng().gen_range(0..limits.flush.as_millis().max(1) as u64);
+    let mut flush = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(offset),
+        limits.flush,
+    );
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut last_seen = Instant::now();
+
+    let close: Option<(CloseCode, &'static str)> = loop {
+        tokio::select! {
+            biased;
+            message = queued.recv() => {
+                let Some(message) = message else { break None };
+                if !send(&mut session, message, &limits).await {
+                    break Some((CloseCode::Again, "too slow"));
+                }
+            }
+            incoming = stream.next() => {
+                let reply = match incoming {
+                    None => break None,
+                    Some(Ok(Message::Text(text))) => {
+                        last_seen = Instant::now();
+                        if !bucket.take(last_seen) {
+                            break Some((CloseCode::Policy, "too many messages"));
+                        }
+                        socket.handle_text(&text)
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        last_seen = Instant::now();
+                        if !bucket.take(last_seen) {
+                            break Some((CloseCode::Policy, "too many messages"));
+                        }
+                        vec![error_message("bad_request", "send text frames of JSON", None)]
+                    }
+                    Some(Ok(Message::Ping(bytes))) => {
+                        last_seen = Instant::now();
+                        if !bucket.take(last_seen) {
+                            break Some((CloseCode::Policy, "too many messages"));
+                        }
+                        if session.pong(&bytes).await.is_err() {
+                            break None;
+                        }
+                        continue;
+                    }
+                    Some(Ok(Message::Pong(_))) => {
+                        last_seen = Instant::now();
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(_)) => continue,
+                    Some(Err(ProtocolError::Overflow)) => break Some((CloseCode::Size, "frame too large")),
+                    Some(Err(_)) => break Some((CloseCode::Protocol, "protocol error")),
+                };
+                let mut delivered = true;
+                for message in reply {
+                    delivered = delivered && send(&mut session, message, &limits).await;
+                }
+                if !delivered {
+                    break Some((CloseCode::Again, "too slow"));
+                }
+            }
+            _ = flush.tick() => {
+                if stuck.load(Ordering::Acquire) {
+                    break Some((CloseCode::Again, "too slow"));
+                }
+                if let Some(frame) = socket.flush() {
+                    if !send(&mut session, frame, &limits).await {
+                        break Some((CloseCode::Again, "too slow"));
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() > IDLE_LIMIT {
+                    break Some((CloseCode::Away, "idle"));
+                }
+                if session.ping(b"").await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    hub.unregister(id);
+    let reason = close.map(|(code, why)| CloseReason {
+        code,
+        description: Some(why.to_string()),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), session.close(reason)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_parse_strictly() {
+        assert_eq!(parse_channel("player:12"), Some(Channel::Player(12)));
+        assert_eq!(parse_channel("events"), Some(Channel::Events));
+        assert_eq!(parse_channel("player:0"), None);
+        assert_eq!(parse_channel("player:-1"), None);
+        assert_eq!(parse_channel("player:12x"), None);
+        assert_eq!(parse_channel("player:"), None);
+        assert_eq!(parse_channel("Player:1"), None);
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_its_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(3, 2, start);
+        assert!((0..3).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        assert!(bucket.take(start + Duration::from_millis(500)));
+        assert!(!bucket.take(start + Duration::from_millis(600)));
+    }
+}

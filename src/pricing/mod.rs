@@ -1,0 +1,216 @@
+//! The price engine: applies match events (jump, epoch, trade lock), ticks
+//! prices between events from exactly one replica, and hands every new price
+//! to the broadcast side through the [`PriceSink`] port.
+//!
+//! Owns the live columns of the player row (price, anchor, epoch, seq,
+//! locked_until) and the `feed_events` table. Never formats wire messages and
+//! never talks to sockets.
+//!
+//! The player row in Postgres is the authority: an event's transaction takes
+//! it `FOR UPDATE` before it stamps `applied_at`, trades take it `FOR SHARE`,
+//! so no order commits at a pre-event epoch once the event is applied.
+
+mod pg;
+pub mod rules;
+pub mod ticker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use pg::PgPrices;
+pub use rules::PricingRules;
+
+use crate::domain::{Cents, PlayerId};
+use crate::error::Unexpected;
+use crate::ingest::EventKind;
+
+/// An event to apply, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub match_id: String,
+    pub player: PlayerId,
+    pub kind: EventKind,
+    pub occurred_at: DateTime<Utc>,
+    pub minute: Option<i32>,
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEvent {
+    pub event_id: String,
+    pub player: PlayerId,
+    pub kind: EventKind,
+    pub price: Cents,
+    pub epoch: i64,
+    pub seq: i64,
+    pub locked_until: DateTime<Utc>,
+    pub applied_at: DateTime<Utc>,
+    /// True when this withdraws an earlier event (a provider `Delete`).
+    pub correction: bool,
+}
+
+impl AppliedEvent {
+    /// The new price as a tick.
+    pub fn tick(&self) -> Tick {
+        Tick {
+            player: self.player,
+            price: self.price,
+            epoch: self.epoch,
+            seq: self.seq,
+            at: self.applied_at,
+            locked_until: Some(self.locked_until),
+        }
+    }
+}
+
+/// A player's price as set by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    pub player: PlayerId,
+    pub price: Cents,
+    pub epoch: i64,
+    /// Rises strictly with every price change of this player.
+    pub seq: i64,
+    /// When the engine set this price.
+    pub at: DateTime<Utc>,
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// Outcome of pushing an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Applied(AppliedEvent),
+    /// Seen before (on any replica): nothing changed.
+    Duplicate,
+}
+
+/// Expected failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PricingError {
+    #[error("no such player")]
+    UnknownPlayer,
+    #[error(transparent)]
+    Unexpected(#[from] Unexpected),
+}
+
+/// A player as a feed first describes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedPlayer {
+    /// Provider identity, e.g. `sportec:DFL-OBJ-0001BX`.
+    pub external_ref: String,
+    pub name: String,
+    pub team: String,
+    pub position: String,
+}
+
+/// Storage port of the engine.
+#[async_trait]
+pub trait PriceStore: Send + Sync {
+    /// Applies `event` once across all replicas.
+    async fn apply_event(
+        &self,
+        event: &NewEvent,
+        rules: &PricingRules,
+        lock: Duration,
+    ) -> Result<Applied, PricingError>;
+
+    /// Withdraws every applied event derived from one provider message (their
+    /// ids start with `event_id_prefix`): each gets a correcting event with
+    /// id `<original>:deleted`, applied once like any event.
+    async fn revert(
+        &self,
+        event_id_prefix: &str,
+        rules: &PricingRules,
+        lock: Duration,
+    ) -> Result<Vec<AppliedEvent>, Unexpected>;
+
+    /// Creates the players not yet known (by `external_ref`) at `price`;
+    /// returns the ids of all of them.
+    async fn ensure_players(
+        &self,
+        players: &[ListedPlayer],
+        price: Cents,
+    ) -> Result<HashMap<String, PlayerId>, Unexpected>;
+
+    /// Every player's current price.
+    async fn current(&self) -> Result<Vec<Tick>, Unexpected>;
+}
+
+/// Where new prices and events go (the broadcast side implements it).
+#[async_trait]
+pub trait PriceSink: Send + Sync {
+    /// New prices set by ticks.
+    async fn ticks(&self, ticks: &[Tick]);
+    /// An applied event (its new price included).
+    async fn event(&self, event: &AppliedEvent);
+}
+
+/// Applies events and publishes their results.
+pub struct PricingService {
+    store: Arc<dyn PriceStore>,
+    sink: Arc<dyn PriceSink>,
+    rules: PricingRules,
+    lock: Duration,
+}
+
+impl PricingService {
+    /// The engine over `store`, publishing to `sink`.
+    pub fn new(
+        store: Arc<dyn PriceStore>,
+        sink: Arc<dyn PriceSink>,
+        rules: PricingRules,
+        lock: Duration,
+    ) -> PricingService {
+        PricingService {
+            store,
+            sink,
+            rules,
+            lock,
+        }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &PricingRules {
+        &self.rules
+    }
+
+    /// The store, for the feed drivers.
+    pub fn store(&self) -> &Arc<dyn PriceStore> {
+        &self.store
+    }
+
+    /// The sink, for the ticker.
+    pub fn sink(&self) -> &Arc<dyn PriceSink> {
+        &self.sink
+    }
+
+    /// Applies one event; the lock is committed before anything is published.
+    #[tracing::instrument(skip_all, fields(event_id = %event.event_id, player_id = %event.player))]
+    pub async fn apply(&self, event: &NewEvent) -> Result<Applied, PricingError> {
+        let applied = self
+            .store
+            .apply_event(event, &self.rules, self.lock)
+            .await?;
+        if let Applied::Applied(applied) = &applied {
+            self.sink.event(applied).await;
+        }
+        Ok(applied)
+    }
+
+    /// Withdraws the events of one provider message.
+    pub async fn revert(&self, event_id_prefix: &str) -> Result<usize, Unexpected> {
+        let corrections = self
+            .store
+            .revert(event_id_prefix, &self.rules, self.lock)
+            .await?;
+        for correction in &corrections {
+            self.sink.event(correction).await;
+        }
+        Ok(corrections.len())
+    }
+}
