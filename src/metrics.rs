@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::domain::Side;
@@ -16,6 +16,10 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_seconds: HistogramVec,
     orders: IntCounterVec,
+    /// WebSocket connections open on this replica.
+    pub ws_connections: IntGauge,
+    /// 1 while this replica holds leadership (ticker, feed).
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -41,11 +45,17 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_seconds.clone()))?;
         registry.register(Box::new(orders.clone()))?;
+        let ws_connections = IntGauge::new("ws_connections", "Open WebSocket connections")?;
+        let leader = IntGauge::new("leader", "1 while this replica is the leader")?;
+        registry.register(Box::new(ws_connections.clone()))?;
+        registry.register(Box::new(leader.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
             http_seconds,
             orders,
+            ws_connections,
+            leader,
         })
     }
 

@@ -107,24 +107,20 @@ impl Application {
             shutdown_rx.clone(),
         );
         let tasks = vec![
-            tokio::spawn(auth::revocations::keep_current(
+            auth::revocations::start(
                 revocations,
                 accounts.clone(),
                 bus.clone(),
                 shutdown_rx.clone(),
-            )),
+            )
+            .await,
             tokio::spawn(purge_expired(
                 pool.clone(),
                 accounts,
                 settings.trading.idempotency_retention_hours,
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(broadcast::run_hub(
-                hub.clone(),
-                bus.clone(),
-                prices,
-                shutdown_rx.clone(),
-            )),
+            broadcast::start_hub(hub.clone(), bus.clone(), prices, shutdown_rx.clone()).await,
             tokio::spawn(pricing::ticker::run(
                 pricing.clone(),
                 leadership.clone(),
@@ -147,6 +143,7 @@ impl Application {
             hub,
             socket_limits: (&settings.broadcast).into(),
             max_connections: settings.broadcast.max_connections,
+            leadership,
         };
         let server = http::server(
             state,

@@ -70,18 +70,29 @@ fn decode(message: &str) -> Option<(i64, i64)> {
     Some((id.parse().ok()?, expires.parse().ok()?))
 }
 
-/// Keeps `revocations` current until `shutdown` flips.
-pub async fn keep_current(
+/// Subscribes to revocations, then keeps `revocations` current until
+/// `shutdown` flips. Returns once subscribed.
+pub async fn start(
     revocations: Arc<Revocations>,
     store: Arc<dyn AccountStore>,
     bus: Bus,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut messages = bus.messages();
-    let mut reconnections = bus.reconnections();
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let messages = bus.messages();
     if let Err(error) = bus.subscribe(CHANNEL).await {
         tracing::warn!(%error, "revocation subscription failed; relying on reloads");
     }
+    tokio::spawn(keep_current(revocations, store, bus, messages, shutdown))
+}
+
+async fn keep_current(
+    revocations: Arc<Revocations>,
+    store: Arc<dyn AccountStore>,
+    bus: Bus,
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reconnections = bus.reconnections();
     let channel = bus.key(CHANNEL);
     let mut reload = tokio::time::interval(RELOAD_INTERVAL);
     loop {

@@ -275,19 +275,31 @@ pub fn accept(
     Ok(response)
 }
 
-/// Feeds the hub from the bus and from Postgres until `shutdown` flips.
-pub async fn run_hub(
+/// Subscribes the hub to the bus, then feeds it from the bus and from
+/// Postgres until `shutdown` flips. Returns once subscribed, so a replica
+/// that answers requests already hears every replica's prices.
+pub async fn start_hub(
     hub: Arc<Hub>,
     bus: Bus,
     prices: Arc<dyn PriceStore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut messages = bus.messages();
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let messages = bus.messages();
     for channel in [PRICES_CHANNEL, EVENTS_CHANNEL, USERS_CHANNEL] {
         if let Err(error) = bus.subscribe(channel).await {
             tracing::warn!(%error, channel, "hub subscription failed; relying on resync");
         }
     }
+    tokio::spawn(feed_hub(hub, bus, prices, messages, shutdown))
+}
+
+async fn feed_hub(
+    hub: Arc<Hub>,
+    bus: Bus,
+    prices: Arc<dyn PriceStore>,
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let names: HashMap<String, &'static str> = [PRICES_CHANNEL, EVENTS_CHANNEL, USERS_CHANNEL]
         .into_iter()
         .map(|c| (bus.key(c), c))

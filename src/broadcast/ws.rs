@@ -139,11 +139,13 @@ impl Socket {
     fn handle_text(&mut self, text: &str) -> Vec<ByteString> {
         let op: ClientOp = match serde_json::from_str(text) {
             Ok(op) => op,
-            Err(_) => return vec![error_message(
+            Err(_) => {
+                return vec![error_message(
                 "bad_request",
                 "expected {\"op\": \"subscribe\"|\"unsubscribe\"|\"ping\", \"channels\": [...]}",
                 None,
-            )],
+            )]
+            }
         };
         match op.op.as_str() {
             "ping" => vec![ByteString::from_static("{\"type\":\"pong\"}")],

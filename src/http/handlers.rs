@@ -39,6 +39,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state
+        .metrics
+        .ws_connections
+        .set(state.hub.connections() as i64);
+    state
+        .metrics
+        .leader
+        .set(state.leadership.is_leader() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

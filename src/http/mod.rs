@@ -42,6 +42,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub socket_limits: SocketLimits,
     pub max_connections: usize,
+    pub leadership: crate::leader::Leadership,
 }
 
 /// Registers every route of API.md.

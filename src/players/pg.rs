@@ -135,3 +135,43 @@ impl PriceReader for PgPlayers {
         Ok(rows.iter().map(quote).collect())
     }
 }
+
+/// Lock class of the per-player trade gate, in Postgres' two-integer
+/// advisory lock space (apart from every single-bigint key we use).
+const TRADE_GATE_CLASS: i32 = 0x4d44; // "MD"
+
+fn gate_key(player: PlayerId) -> i32 {
+    // Ids beyond i32 fold onto others: two players then share a gate, which
+    // only serialises more, never less.
+    i32::try_from(player.0).unwrap_or((player.0 % i32::MAX as i64) as i32)
+}
+
+/// An order passes the gate of its player (shared: orders run side by side)
+/// until its transaction ends.
+pub async fn enter_trade_gate(
+    tx: &tokio_postgres::Transaction<'_>,
+    player: PlayerId,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($1, $2)",
+        &[&TRADE_GATE_CLASS, &gate_key(player)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// An event closes its player's gate (exclusive) until its transaction
+/// ends: it waits for the orders inside, and orders arriving after it queue
+/// behind it. Heavyweight locks queue fairly, so a stream of orders cannot
+/// starve an event the way it starves an UPDATE behind `FOR SHARE` row locks.
+pub async fn close_trade_gate(
+    tx: &tokio_postgres::Transaction<'_>,
+    player: PlayerId,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&TRADE_GATE_CLASS, &gate_key(player)],
+    )
+    .await?;
+    Ok(())
+}

@@ -13,6 +13,7 @@ use super::{
 use crate::domain::{Cents, PlayerId};
 use crate::error::Unexpected;
 use crate::ingest::EventKind;
+use crate::players::gate;
 
 /// The engine's state in Postgres.
 pub struct PgPrices {
@@ -41,9 +42,9 @@ fn tick(row: &Row) -> Tick {
     }
 }
 
-/// Moves one locked player row to `price` as an event: new anchor, epoch and
-/// seq + 1, trade lock from now. `clock_timestamp()` is read after the row
-/// lock is held, so `applied_at` follows every trade that held the row.
+/// Moves one player, its gate closed, to `price` as an event: new anchor,
+/// epoch and seq + 1, trade lock from now. `clock_timestamp()` is read after
+/// the gate closed, so `applied_at` follows every order that was inside.
 const APPLY_SQL: &str = "
     WITH now AS (SELECT clock_timestamp() AS t)
     UPDATE players p
@@ -110,7 +111,11 @@ impl PriceStore for PgPrices {
     ) -> Result<Applied, PricingError> {
         let mut client = self.pool.get().await.map_err(unexpected)?;
         let tx = client.transaction().await.map_err(unexpected)?;
-        // FOR UPDATE waits for every trade holding the row FOR SHARE.
+        // Closing the gate waits for every order inside it; orders arriving
+        // now queue behind this event.
+        gate::close_trade_gate(&tx, event.player)
+            .await
+            .map_err(unexpected)?;
         let Some(row) = tx
             .query_opt(
                 "SELECT price_cents FROM players WHERE id = $1 FOR UPDATE",
@@ -191,6 +196,7 @@ impl PriceStore for PgPrices {
             let Some(kind) = EventKind::parse(original.get(2)) else {
                 continue;
             };
+            gate::close_trade_gate(&tx, player).await?;
             let before: i64 = tx
                 .query_one(
                     "SELECT price_cents FROM players WHERE id = $1 FOR UPDATE",

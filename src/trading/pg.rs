@@ -13,7 +13,7 @@ use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::{self, Claim};
 use crate::ledger::posting;
-use crate::players::Quote;
+use crate::players::{gate, Quote};
 
 /// Orders and holdings in Postgres.
 pub struct PgOrders {
@@ -155,11 +155,13 @@ impl OrderStore for PgOrders {
             }
         }
 
-        // The player row FOR SHARE: orders on one player run side by side,
-        // but an event's UPDATE of this row waits for them, and an order
-        // that starts after the event sees its epoch and lock. So no order
-        // commits at a pre-event epoch once the event is applied.
-        //
+        // The player's trade gate, shared: orders on one player run side by
+        // side, but an event waits for them, and an order arriving after an
+        // event queues behind it and then reads its epoch and lock. So no
+        // order commits at a pre-event epoch once the event is applied.
+        gate::enter_trade_gate(&tx, order.player)
+            .await
+            .map_err(unexpected)?;
         // The user row FOR NO KEY UPDATE, first: every order of one user
         // then takes its locks in the same order (user, then holding), so a
         // buy (cash, then holding) and a sell (holding, then cash) of the
@@ -170,7 +172,7 @@ impl OrderStore for PgOrders {
                         p.price_cents
                    FROM players p, users u
                   WHERE p.id = $1 AND u.id = $2
-                    FOR SHARE OF p FOR NO KEY UPDATE OF u",
+                    FOR NO KEY UPDATE OF u",
                 &[&order.player.0, &order.user.0],
             )
             .await
@@ -182,8 +184,9 @@ impl OrderStore for PgOrders {
         let locked_until: Option<DateTime<Utc>> = player.get(1);
         let now: DateTime<Utc> = player.get(2);
         let order_id: i64 = player.get(3);
-        // The price under the row lock is the live price: ticks and events
-        // update this row, and neither can while the order holds it.
+        // The live price as of this statement: events cannot change it while
+        // the order is inside the gate; a tick may move it a moment later,
+        // which is the price an order placed a moment earlier gets.
         let live_price = Cents::new(player.get(4));
         if let Some(retry_after_ms) = locked_until.and_then(|until| retry_after_ms(until, now)) {
             return Err(TradingError::PlayerLocked { retry_after_ms });

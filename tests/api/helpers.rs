@@ -222,3 +222,116 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
     assert!(body["error"]["message"].is_string(), "body: {body}");
     body
 }
+
+impl TestApp {
+    /// Stops the server and its background tasks (leadership included).
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    /// A gauge or counter value from /metrics (first series of that name).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics", None).await.text().await.unwrap();
+        text.lines()
+            .find(|line| line.starts_with(name) && !line.starts_with('#'))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+    }
+
+    pub async fn push_event(&self, event_id: &str, player: i64, kind: &str) -> Response {
+        self.post_json(
+            "/api/v1/admin/feed/events",
+            Some(ADMIN_TOKEN),
+            &json!({"event_id": event_id, "match_id": "m1", "player_id": player, "kind": kind,
+                    "occurred_at": "2026-11-22T15:04:05.000Z", "minute": 37}),
+        )
+        .await
+    }
+
+    pub async fn player(&self, id: i64) -> Value {
+        self.get(&format!("/api/v1/players/{id}"), None)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn ws(&self, token: Option<&str>) -> WsClient {
+        let mut url = format!("{}/ws", self.address.replace("http://", "ws://"));
+        if let Some(token) = token {
+            url.push_str(&format!("?token={token}"));
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connects");
+        WsClient { stream }
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A test WebSocket client speaking JSON text frames.
+pub struct WsClient {
+    pub stream: WsStream,
+}
+
+/// What a read from the socket produced.
+#[derive(Debug)]
+pub enum WsRead {
+    Json(Value),
+    Closed(Option<u16>),
+    Timeout,
+}
+
+impl WsClient {
+    pub async fn send(&mut self, value: Value) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                value.to_string(),
+            ))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures_util::SinkExt;
+        let _ = self.stream.send(message).await;
+    }
+
+    /// The next JSON message (pings are skipped) within `timeout`.
+    pub async fn read(&mut self, timeout: std::time::Duration) -> WsRead {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next()).await;
+            match next {
+                Err(_) => return WsRead::Timeout,
+                Ok(None) | Ok(Some(Err(_))) => return WsRead::Closed(None),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return WsRead::Json(serde_json::from_str(&text).expect("server sends JSON"))
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return WsRead::Closed(frame.map(|f| u16::from(f.code)))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Reads until a message of `kind` arrives (others are dropped).
+    pub async fn expect(&mut self, kind: &str, timeout: std::time::Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read(left).await {
+                WsRead::Json(value) if value["type"] == kind => return value,
+                WsRead::Json(_) => continue,
+                other => panic!("waiting for {kind}: {other:?}"),
+            }
+        }
+    }
+}

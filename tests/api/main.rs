@@ -2,9 +2,12 @@
 
 mod accounts;
 mod concurrency;
+mod feed;
 mod health;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod leadership;
 mod players;
 mod trading;
+mod websocket;
