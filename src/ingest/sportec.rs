@@ -1,4 +1,4 @@
-//! DFL/Sportec event XML + match information → [`MatchFeed`](super::MatchFeed).
+//! DFL/Sportec event XML + match information → [`MatchFeed`].
 //!
 //! The DFL feed is a sequence of `<Event EventId=… EventTime=…>` messages in
 //! arrival order, each wrapping one event element (possibly inside a
