@@ -7,6 +7,8 @@
 pub mod sportec;
 pub mod statsbomb;
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 
 /// What happened to a player, in Matchday's own vocabulary (API.md).
@@ -140,4 +142,78 @@ pub enum ParseError {
         format: &'static str,
         message: String,
     },
+}
+
+/// Turns what one provider message says happened, as `(player, kind)` pairs,
+/// into [`FeedEvent`]s.
+///
+/// Ids are `{provider}:{provider_event_id}:{kind}`. When the message yields
+/// the same kind more than once (two clean sheets at one final whistle), each
+/// of those ids also ends in `:{player}`, and in `:{n}` should that still
+/// repeat, so ids stay unique and stable across re-parses.
+pub(crate) fn message_events(
+    provider: &str,
+    provider_event_id: &str,
+    actions: &[(String, EventKind)],
+    occurred_at: DateTime<Utc>,
+    minute: Option<i32>,
+) -> Vec<FeedEvent> {
+    let mut taken = HashSet::new();
+    actions
+        .iter()
+        .map(|(player, kind)| {
+            let mut event_id = format!("{provider}:{provider_event_id}:{}", kind.as_str());
+            if actions.iter().filter(|(_, other)| other == kind).count() > 1 {
+                event_id = format!("{event_id}:{player}");
+            }
+            if taken.contains(&event_id) {
+                let base = event_id.clone();
+                let mut n = 2u32;
+                while taken.contains(&event_id) {
+                    event_id = format!("{base}:{n}");
+                    n += 1;
+                }
+            }
+            taken.insert(event_id.clone());
+            FeedEvent {
+                event_id,
+                provider_event_id: provider_event_id.to_owned(),
+                provider_player_id: player.clone(),
+                kind: *kind,
+                occurred_at,
+                minute,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_event_ids_get_a_suffix_only_when_a_kind_repeats() {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        let actions = [
+            ("a".to_owned(), EventKind::Goal),
+            ("b".to_owned(), EventKind::Assist),
+            ("k1".to_owned(), EventKind::CleanSheet),
+            ("k2".to_owned(), EventKind::CleanSheet),
+            ("k2".to_owned(), EventKind::CleanSheet),
+        ];
+        let ids: Vec<String> = message_events("p", "7", &actions, at, Some(3))
+            .into_iter()
+            .map(|event| event.event_id)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "p:7:goal",
+                "p:7:assist",
+                "p:7:clean_sheet:k1",
+                "p:7:clean_sheet:k2",
+                "p:7:clean_sheet:k2:2",
+            ]
+        );
+    }
 }
