@@ -16,13 +16,13 @@ use crate::db;
 use crate::domain::Cents;
 use crate::error::Unexpected;
 use crate::http::{self, AppState};
-use crate::idempotency;
 use crate::leader::Leadership;
 use crate::ledger::PgLedger;
 use crate::metrics::Metrics;
 use crate::players::PgPlayers;
 use crate::pricing::{self, PgPrices, PriceStore, PricingRules, PricingService};
 use crate::trading::{PgOrders, TradingService};
+use crate::{idempotency, ingest};
 
 /// How often expired idempotency keys and revocations are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
@@ -125,6 +125,12 @@ impl Application {
                 pricing.clone(),
                 leadership.clone(),
                 settings.pricing.tick_ms,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(ingest::driver::run(
+                pricing.clone(),
+                leadership.clone(),
+                settings.feed.clone(),
                 shutdown_rx.clone(),
             )),
         ];

@@ -4,6 +4,7 @@
 //! and the simulator, and the push endpoint's validation. Never computes a
 //! price: applying an event is the price engine's job (`pricing`).
 
+pub mod driver;
 pub mod sportec;
 pub mod statsbomb;
 

@@ -9,5 +9,6 @@ mod hostile;
 mod idempotency;
 mod leadership;
 mod players;
+mod replay;
 mod trading;
 mod websocket;
