@@ -5,6 +5,11 @@
 //! (random buys and sells of 1–3 shares, each with a fresh idempotency key)
 //! for `duration` seconds, and reports throughput, latency percentiles and
 //! the audit afterwards.
+//!
+//! `ws`: opens many WebSocket subscribers and measures price fan-out
+//! (see [`ws`]).
+
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -17,9 +22,14 @@ use serde_json::{json, Value};
 
 const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TOKEN] [--users N]
                                [--players N] [--concurrency N] [--duration SECONDS]
+       matchday loadgen ws [options]           (see `matchday loadgen ws --help`)
 
-Creates users and players through the admin API, then places random orders with
-N requests in flight and prints orders/s and latency percentiles.";
+orders: creates users and players through the admin API, then places random
+orders with N requests in flight and prints orders/s and latency percentiles.
+
+ws: opens N WebSocket subscribers (spread over several URLs and loopback source
+addresses) and prints frames/s, tick latency, seq-order violations, error and
+close frames, and the servers' RSS per socket.";
 
 struct Options {
     url: String,
@@ -75,11 +85,21 @@ pub async fn main(args: &[String]) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("ws") if wants_help(&args[1..]) => {
+            println!("{}", ws::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("ws") => ws::main(&args[1..]).await,
         _ => {
             println!("{HELP}");
             ExitCode::from(2)
         }
     }
+}
+
+fn wants_help(args: &[String]) -> bool {
+    args.iter()
+        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
 }
 
 struct Worker {
