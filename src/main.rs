@@ -7,7 +7,7 @@ use matchday::startup::Application;
 use matchday::{db, loadgen, telemetry};
 
 const USAGE: &str =
-    "usage: matchday [serve | migrate | loadgen orders|ws [options] | help]
+    "usage: matchday [serve | migrate | loadgen orders|ws|ws-baseline [options] | help]
 
   serve     run the exchange (default)
   migrate   apply database migrations and exit
