@@ -6,7 +6,8 @@ use matchday::config::Settings;
 use matchday::startup::Application;
 use matchday::{db, loadgen, telemetry};
 
-const USAGE: &str = "usage: matchday [serve | migrate | loadgen orders [options] | help]
+const USAGE: &str =
+    "usage: matchday [serve | migrate | loadgen orders|ws|ws-baseline [options] | help]
 
   serve     run the exchange (default)
   migrate   apply database migrations and exit

@@ -5,6 +5,13 @@
 //! (random buys and sells of 1–3 shares, each with a fresh idempotency key)
 //! for `duration` seconds, and reports throughput, latency percentiles and
 //! the audit afterwards.
+//!
+//! `ws`: opens many WebSocket subscribers and measures price fan-out
+//! (see [`ws`]). `ws-baseline`: a bare actix-ws broadcast server speaking
+//! the same protocol, to compare the real server against (see [`baseline`]).
+
+pub mod baseline;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -17,9 +24,18 @@ use serde_json::{json, Value};
 
 const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TOKEN] [--users N]
                                [--players N] [--concurrency N] [--duration SECONDS]
+       matchday loadgen ws [options]           (see `matchday loadgen ws --help`)
+       matchday loadgen ws-baseline [options]  (see `matchday loadgen ws-baseline --help`)
 
-Creates users and players through the admin API, then places random orders with
-N requests in flight and prints orders/s and latency percentiles.";
+orders: creates users and players through the admin API, then places random
+orders with N requests in flight and prints orders/s and latency percentiles.
+
+ws: opens N WebSocket subscribers (spread over several URLs and loopback source
+addresses) and prints frames/s, tick latency, seq-order violations, error and
+close frames, and the servers' RSS per socket.
+
+ws-baseline: a bare actix-ws broadcast server speaking the same /ws protocol,
+to compare the real server's fan-out against.";
 
 struct Options {
     url: String,
@@ -75,11 +91,26 @@ pub async fn main(args: &[String]) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some("ws") if wants_help(&args[1..]) => {
+            println!("{}", ws::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("ws") => ws::main(&args[1..]).await,
+        Some("ws-baseline") if wants_help(&args[1..]) => {
+            println!("{}", baseline::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("ws-baseline") => baseline::main(&args[1..]).await,
         _ => {
             println!("{HELP}");
             ExitCode::from(2)
         }
     }
+}
+
+fn wants_help(args: &[String]) -> bool {
+    args.iter()
+        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
 }
 
 struct Worker {
