@@ -142,8 +142,7 @@ async fn replay_once(
         })
         .collect();
     let ids = match pricing
-        .store()
-        .ensure_players(&listed, Cents::new(settings.starting_price_cents))
+        .list_players(&listed, Cents::new(settings.starting_price_cents))
         .await
     {
         Ok(ids) => ids,
@@ -264,8 +263,7 @@ async fn simulate(
         })
         .collect();
     let ids: HashMap<String, PlayerId> = match pricing
-        .store()
-        .ensure_players(&listed, Cents::new(settings.starting_price_cents))
+        .list_players(&listed, Cents::new(settings.starting_price_cents))
         .await
     {
         Ok(ids) => ids,
@@ -279,7 +277,9 @@ async fn simulate(
         .filter_map(|p| ids.get(&p.external_ref).copied())
         .collect();
     if players.is_empty() || settings.simulator_events_per_minute == 0 {
-        return Ended::Finished;
+        // Players only (prices still tick): nothing more to do until shutdown.
+        let _ = shutdown.changed().await;
+        return Ended::Shutdown;
     }
     let run = Utc::now().timestamp();
     let mut rng = StdRng::seed_from_u64(seed);

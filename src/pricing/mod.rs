@@ -202,6 +202,24 @@ impl PricingService {
         Ok(applied)
     }
 
+    /// Creates the feed's players not yet known and announces their prices
+    /// to every replica's hub at once (so sockets can subscribe right away).
+    pub async fn list_players(
+        &self,
+        players: &[ListedPlayer],
+        price: Cents,
+    ) -> Result<HashMap<String, PlayerId>, Unexpected> {
+        let ids = self.store.ensure_players(players, price).await?;
+        let current = self.store.current().await?;
+        let listed: std::collections::HashSet<PlayerId> = ids.values().copied().collect();
+        let ticks: Vec<Tick> = current
+            .into_iter()
+            .filter(|tick| listed.contains(&tick.player))
+            .collect();
+        self.sink.ticks(&ticks).await;
+        Ok(ids)
+    }
+
     /// Withdraws the events of one provider message.
     pub async fn revert(&self, event_id_prefix: &str) -> Result<usize, Unexpected> {
         let corrections = self
