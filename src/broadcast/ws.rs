@@ -1,20 +1,29 @@
-//! `/ws`: one task per socket on the HTTP worker that accepted it.
+//! `/ws`: one task per socket on the HTTP worker that accepted it, and one
+//! flusher per worker for all of that worker's sockets.
 //!
 //! A socket owns: the last `seq` it sent per subscribed player (conflation
 //! is a comparison with the hub's table at each flush, not a queue), a
 //! bounded queue of messages that must not be dropped (events, fills), and a
 //! token bucket for what the client sends. Every bound is named below or in
 //! `[broadcast]` config.
+//!
+//! Prices are pushed by the worker's flusher, not by the sockets: one timer
+//! per worker wakes every `flush_ms`, and for each socket puts a frame into
+//! its outbound channel only if that does not block. A busy socket is
+//! skipped (it gets the latest state at a later flush); one that stays busy
+//! past `stuck_timeout_ms` is closed with 1013. Timers and wake-ups then
+//! scale with workers, not with sockets.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError, Session};
 use bytestring::ByteString;
-use futures_util::StreamExt;
-use rand::Rng;
+use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -30,6 +39,8 @@ pub const MAX_CHANNELS_PER_SOCKET: usize = 1_000;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
 /// A socket silent (no frame, no pong) this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// How often a socket task checks whether it was found stuck.
+const STUCK_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Per-socket limits, from `[broadcast]`.
 #[derive(Debug, Clone)]
@@ -120,19 +131,32 @@ fn error_message(code: &str, message: &str, channels: Option<&[String]>) -> Byte
     ByteString::from(value.to_string())
 }
 
+/// What a socket's task and its worker's flusher share (same thread).
+struct Shared {
+    /// Last `seq` sent per subscribed player.
+    sent: RefCell<HashMap<i64, i64>>,
+    /// Hub generation at the last flush of this socket.
+    generation: Cell<u64>,
+    session: Session,
+    /// The socket task is sending a reply; the flusher keeps out so a
+    /// `prices` frame never overtakes a `subscribed`.
+    replying: Cell<bool>,
+    /// Since when the flusher has found the outbound channel full.
+    blocked_since: Cell<Option<Instant>>,
+    stuck: Arc<AtomicBool>,
+}
+
 struct Socket {
     id: u64,
     hub: Arc<Hub>,
     user: Option<UserId>,
-    /// Last `seq` sent per subscribed player.
-    sent: HashMap<i64, i64>,
+    shared: Rc<Shared>,
     events: bool,
-    generation: u64,
 }
 
 impl Socket {
     fn registration_changed(&self) {
-        let players: HashSet<i64> = self.sent.keys().copied().collect();
+        let players: HashSet<i64> = self.shared.sent.borrow().keys().copied().collect();
         self.hub.update_registration(self.id, self.events, players);
     }
 
@@ -160,6 +184,7 @@ impl Socket {
         let mut snapshot = String::new();
         let mut invalid: Vec<String> = Vec::new();
         let mut over_limit: Vec<String> = Vec::new();
+        let mut sent = self.shared.sent.borrow_mut();
         for name in names {
             match parse_channel(name) {
                 Some(Channel::Events) => {
@@ -168,7 +193,7 @@ impl Socket {
                 }
                 Some(Channel::User) if self.user.is_some() => accepted.push(name),
                 Some(Channel::Player(id)) => {
-                    if !self.sent.contains_key(&id) && self.sent.len() >= MAX_CHANNELS_PER_SOCKET {
+                    if !sent.contains_key(&id) && sent.len() >= MAX_CHANNELS_PER_SOCKET {
                         over_limit.push(name.clone());
                         continue;
                     }
@@ -176,7 +201,7 @@ impl Socket {
                         invalid.push(name.clone());
                         continue;
                     };
-                    self.sent.insert(id, slot.seq);
+                    sent.insert(id, slot.seq);
                     if !snapshot.is_empty() {
                         snapshot.push(',');
                     }
@@ -190,6 +215,7 @@ impl Socket {
                 _ => invalid.push(name.clone()),
             }
         }
+        drop(sent);
         self.registration_changed();
         let mut replies = vec![ByteString::from(format!(
             "{{\"type\":\"subscribed\",\"channels\":{},\"snapshot\":[{}]}}",
@@ -221,7 +247,11 @@ impl Socket {
                     self.events = false;
                     removed.push(name);
                 }
-                Some(Channel::Player(id)) if self.sent.remove(&id).is_some() => removed.push(name),
+                Some(Channel::Player(id))
+                    if self.shared.sent.borrow_mut().remove(&id).is_some() =>
+                {
+                    removed.push(name)
+                }
                 _ => {}
             }
         }
@@ -231,20 +261,102 @@ impl Socket {
             serde_json::to_string(&removed).unwrap_or_else(|_| "[]".into())
         ))]
     }
+}
 
-    /// The `prices` frame of everything newer than what was sent, if any.
-    fn flush(&mut self) -> Option<ByteString> {
-        let generation = self.hub.generation();
-        if generation == self.generation || self.sent.is_empty() {
-            return None;
+/// The `prices` frame of everything newer than what `shared` was sent, if
+/// any; `sent` is updated only by [`commit`] once the frame is accepted.
+fn pending_frame(
+    hub: &Hub,
+    shared: &Shared,
+    generation: u64,
+) -> Option<(String, HashMap<i64, i64>)> {
+    if generation == shared.generation.get() || shared.sent.borrow().is_empty() {
+        return None;
+    }
+    let mut next = shared.sent.borrow().clone();
+    let mut frame = String::from("{\"type\":\"prices\",\"ticks\":[");
+    if hub.newer_ticks(&mut next, &mut frame) == 0 {
+        shared.generation.set(generation);
+        return None;
+    }
+    frame.push_str("]}");
+    Some((frame, next))
+}
+
+/// The sockets of one worker thread and its flush loop.
+struct Flusher {
+    sockets: Vec<Weak<Shared>>,
+    running: bool,
+}
+
+thread_local! {
+    static FLUSHER: RefCell<Flusher> = const {
+        RefCell::new(Flusher { sockets: Vec::new(), running: false })
+    };
+}
+
+/// Adds a socket to this worker's flusher, starting its loop if needed.
+fn join_flusher(shared: &Rc<Shared>, hub: &Arc<Hub>, limits: &SocketLimits) {
+    let start = FLUSHER.with(|flusher| {
+        let mut flusher = flusher.borrow_mut();
+        flusher.sockets.push(Rc::downgrade(shared));
+        !std::mem::replace(&mut flusher.running, true)
+    });
+    if start {
+        actix_web::rt::spawn(flush_loop(hub.clone(), limits.clone()));
+    }
+}
+
+/// Every `flush`, offers each socket of this worker its newer prices without
+/// ever waiting on one; ends when the worker has no sockets left.
+async fn flush_loop(hub: Arc<Hub>, limits: SocketLimits) {
+    let mut every = tokio::time::interval(limits.flush);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let sockets: Vec<Rc<Shared>> = FLUSHER.with(|flusher| {
+            let mut flusher = flusher.borrow_mut();
+            flusher.sockets.retain(|socket| socket.strong_count() > 0);
+            if flusher.sockets.is_empty() {
+                flusher.running = false;
+            }
+            flusher.sockets.iter().filter_map(Weak::upgrade).collect()
+        });
+        if sockets.is_empty() {
+            return;
         }
-        self.generation = generation;
-        let mut frame = String::from("{\"type\":\"prices\",\"ticks\":[");
-        if self.hub.newer_ticks(&mut self.sent, &mut frame) == 0 {
-            return None;
+        let generation = hub.generation();
+        let now = Instant::now();
+        for shared in sockets {
+            if shared.replying.get() || shared.stuck.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some((frame, next)) = pending_frame(&hub, &shared, generation) else {
+                continue;
+            };
+            let mut session = shared.session.clone();
+            // Outside tokio's cooperative budget: one flush offers thousands
+            // of frames, and a spent budget would make every channel look
+            // full (a send is Pending once the task has used its budget).
+            match tokio::task::unconstrained(session.text(frame)).now_or_never() {
+                Some(Ok(())) => {
+                    *shared.sent.borrow_mut() = next;
+                    shared.generation.set(generation);
+                    shared.blocked_since.set(None);
+                }
+                // Closed: the socket task is finishing anyway.
+                Some(Err(_)) => {}
+                // Full: skip it now; it gets the latest state later, unless
+                // it stays full too long.
+                None => {
+                    let since = shared.blocked_since.get().unwrap_or(now);
+                    shared.blocked_since.set(Some(since));
+                    if now.duration_since(since) >= limits.stuck_timeout {
+                        shared.stuck.store(true, Ordering::Release);
+                    }
+                }
+            }
         }
-        frame.push_str("]}");
-        Some(ByteString::from(frame))
     }
 }
 
@@ -268,22 +380,24 @@ pub(super) async fn run(
     let (queue, mut queued) = mpsc::channel::<ByteString>(SOCKET_QUEUE);
     let stuck = Arc::new(AtomicBool::new(false));
     let id = hub.register(user, queue, stuck.clone());
+    let shared = Rc::new(Shared {
+        sent: RefCell::new(HashMap::new()),
+        generation: Cell::new(0),
+        session: session.clone(),
+        replying: Cell::new(false),
+        blocked_since: Cell::new(None),
+        stuck: stuck.clone(),
+    });
+    join_flusher(&shared, &hub, &limits);
     let mut socket = Socket {
         id,
         hub: hub.clone(),
         user,
-        sent: HashMap::new(),
+        shared: shared.clone(),
         events: false,
-        generation: 0,
     };
     let mut bucket = TokenBucket::new(limits.burst, limits.messages_per_sec, Instant::now());
-    // Spread flushes of many sockets over the interval.
-    let offset = rand::thread_rng().gen_range(0..limits.flush.as_millis().max(1) as u64);
-    let mut flush = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_millis(offset),
-        limits.flush,
-    );
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stuck_check = tokio::time::interval(STUCK_CHECK_INTERVAL);
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut last_seen = Instant::now();
 
@@ -292,7 +406,10 @@ pub(super) async fn run(
             biased;
             message = queued.recv() => {
                 let Some(message) = message else { break None };
-                if !send(&mut session, message, &limits).await {
+                shared.replying.set(true);
+                let delivered = send(&mut session, message, &limits).await;
+                shared.replying.set(false);
+                if !delivered {
                     break Some((CloseCode::Again, "too slow"));
                 }
             }
@@ -333,21 +450,18 @@ pub(super) async fn run(
                     Some(Err(_)) => break Some((CloseCode::Protocol, "protocol error")),
                 };
                 let mut delivered = true;
+                shared.replying.set(true);
                 for message in reply {
                     delivered = delivered && send(&mut session, message, &limits).await;
                 }
+                shared.replying.set(false);
                 if !delivered {
                     break Some((CloseCode::Again, "too slow"));
                 }
             }
-            _ = flush.tick() => {
+            _ = stuck_check.tick() => {
                 if stuck.load(Ordering::Acquire) {
                     break Some((CloseCode::Again, "too slow"));
-                }
-                if let Some(frame) = socket.flush() {
-                    if !send(&mut session, frame, &limits).await {
-                        break Some((CloseCode::Again, "too slow"));
-                    }
                 }
             }
             _ = heartbeat.tick() => {
