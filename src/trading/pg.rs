@@ -145,13 +145,20 @@ impl OrderStore for PgOrders {
         .map_err(unexpected)?
         {
             Claim::Fresh => {}
-            Claim::InProgress => return Err(TradingError::InProgress),
-            Claim::Reused => return Err(TradingError::KeyReused),
+            Claim::InProgress => {
+                tx.rollback().await.map_err(unexpected)?;
+                return Err(TradingError::InProgress);
+            }
+            Claim::Reused => {
+                tx.rollback().await.map_err(unexpected)?;
+                return Err(TradingError::KeyReused);
+            }
             Claim::Replay(stored) => {
+                tx.rollback().await.map_err(unexpected)?;
                 return Ok(Attempt::Done(Placed {
                     outcome: decode(stored)?,
                     replayed: true,
-                }))
+                }));
             }
         }
 
@@ -188,10 +195,16 @@ impl OrderStore for PgOrders {
         // the order is inside the gate; a tick may move it a moment later,
         // which is the price an order placed a moment earlier gets.
         let live_price = Cents::new(player.get(4));
+        // Early exits roll back explicitly and wait for it: a dropped
+        // transaction rolls back in the background, and until it has, its
+        // key lock is held, so an immediate retry (ours after a stale
+        // quote, or the client's after a 423) would be told 409.
         if let Some(retry_after_ms) = locked_until.and_then(|until| retry_after_ms(until, now)) {
+            tx.rollback().await.map_err(unexpected)?;
             return Err(TradingError::PlayerLocked { retry_after_ms });
         }
         if quote.is_none_or(|q| q.epoch != epoch) {
+            tx.rollback().await.map_err(unexpected)?;
             return Ok(Attempt::StaleQuote);
         }
 
