@@ -106,6 +106,24 @@ fn provider(format: ReplayFormat) -> &'static str {
     }
 }
 
+/// Creates (or finds) a source's players; `None` after logging a failure.
+async fn list_players(
+    pricing: &PricingService,
+    listed: &[ListedPlayer],
+    settings: &FeedSettings,
+) -> Option<HashMap<String, PlayerId>> {
+    match pricing
+        .list_players(listed, Cents::new(settings.starting_price_cents))
+        .await
+    {
+        Ok(ids) => Some(ids),
+        Err(error) => {
+            tracing::error!(%error, "could not create the feed's players");
+            None
+        }
+    }
+}
+
 /// When each item is due, as an offset from the run's start: its scaled
 /// time since kick-off, but never earlier than the item before it.
 pub fn schedule(feed: &MatchFeed, speed: f64) -> Vec<Duration> {
@@ -141,15 +159,8 @@ async fn replay_once(
             position: p.position.clone(),
         })
         .collect();
-    let ids = match pricing
-        .list_players(&listed, Cents::new(settings.starting_price_cents))
-        .await
-    {
-        Ok(ids) => ids,
-        Err(error) => {
-            tracing::error!(%error, "could not create the match's players");
-            return Ended::LostLeadership;
-        }
+    let Some(ids) = list_players(pricing, &listed, settings).await else {
+        return Ended::LostLeadership;
     };
     let started = tokio::time::Instant::now();
     let started_at = Utc::now();
@@ -262,15 +273,8 @@ async fn simulate(
             position: ["GK", "DF", "MF", "FW"][n % 4].into(),
         })
         .collect();
-    let ids: HashMap<String, PlayerId> = match pricing
-        .list_players(&listed, Cents::new(settings.starting_price_cents))
-        .await
-    {
-        Ok(ids) => ids,
-        Err(error) => {
-            tracing::error!(%error, "could not create simulated players");
-            return Ended::LostLeadership;
-        }
+    let Some(ids) = list_players(pricing, &listed, settings).await else {
+        return Ended::LostLeadership;
     };
     let players: Vec<PlayerId> = listed
         .iter()

@@ -185,18 +185,12 @@ async fn staggered_buys(
     fills
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_order_fills_at_the_old_epoch_after_the_event_is_applied() {
-    let mut settings = test_settings().await;
-    // No trade lock, so orders keep filling after the event and the epoch
-    // check itself is what is tested.
-    settings.trading.lock_seconds = 0;
-    settings.database.max_connections = 40;
-    let app = spawn_app_with(settings).await;
+/// 300 buys spread over 600 ms on a fresh player, with a goal pushed in the
+/// middle. Returns the player, the fills and the event's `applied_at`.
+async fn race_orders_against_a_goal(app: &TestApp) -> (i64, Vec<Value>, Value) {
     let users = app.bulk_users("race", 30, 10_000_000).await;
     let player = app.create_player(1_000).await;
-
-    let orders = staggered_buys(&app, &users, player, 300, Duration::from_millis(600));
+    let orders = staggered_buys(app, &users, player, 300, Duration::from_millis(600));
     let event = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let applied: Value = app
@@ -208,6 +202,18 @@ async fn no_order_fills_at_the_old_epoch_after_the_event_is_applied() {
         applied
     };
     let (fills, applied) = tokio::join!(orders, event);
+    (player, fills, applied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_order_fills_at_the_old_epoch_after_the_event_is_applied() {
+    let mut settings = test_settings().await;
+    // No trade lock, so orders keep filling after the event and the epoch
+    // check itself is what is tested.
+    settings.trading.lock_seconds = 0;
+    settings.database.max_connections = 40;
+    let app = spawn_app_with(settings).await;
+    let (player, fills, applied) = race_orders_against_a_goal(&app).await;
     let applied_at: DateTime<Utc> = applied["applied_at"].as_str().unwrap().parse().unwrap();
     let new_price = applied["price_cents"].as_i64().unwrap();
 
@@ -246,20 +252,7 @@ async fn with_the_trade_lock_orders_after_the_event_are_refused_and_none_is_lost
     let mut settings = test_settings().await;
     settings.database.max_connections = 40;
     let app = spawn_app_with(settings).await;
-    let users = app.bulk_users("lockrace", 30, 10_000_000).await;
-    let player = app.create_player(1_000).await;
-    let orders = staggered_buys(&app, &users, player, 300, Duration::from_millis(600));
-    let event = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let applied: Value = app
-            .push_event("lock-goal", player, "goal")
-            .await
-            .json()
-            .await
-            .unwrap();
-        applied
-    };
-    let (fills, applied) = tokio::join!(orders, event);
+    let (player, fills, applied) = race_orders_against_a_goal(&app).await;
     let applied_at: DateTime<Utc> = applied["applied_at"].as_str().unwrap().parse().unwrap();
     for fill in &fills {
         let executed_at: DateTime<Utc> = fill["executed_at"].as_str().unwrap().parse().unwrap();
