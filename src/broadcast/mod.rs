@@ -35,13 +35,17 @@ use messages::BusTick;
 pub const PRICES_CHANNEL: &str = "broadcast:prices";
 /// Bus channel of applied events (the `event` wire message itself).
 pub const EVENTS_CHANNEL: &str = "broadcast:events";
+/// Redis hash of every player's current price (`BusTick` JSON by player
+/// id): what a replica's hub resynchronises from.
+pub const PRICES_STATE: &str = "broadcast:prices:state";
 /// Bus channel of per-user messages: `<user_id>|<wire message>`.
 pub const USERS_CHANNEL: &str = "broadcast:users";
 /// Messages a socket may have queued (events, fills, replies) before it
 /// counts as stuck.
 pub const SOCKET_QUEUE: usize = 256;
-/// How often the price table is reloaded from Postgres, repairing anything a
-/// lost pub/sub message left stale.
+/// How often the price table is reloaded from the current state in Redis
+/// (or Postgres when Redis has none), repairing anything a lost pub/sub
+/// message left stale.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The latest price of one player, pre-serialised.
@@ -304,14 +308,11 @@ async fn feed_hub(
         .into_iter()
         .map(|c| (bus.key(c), c))
         .collect();
-    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    let mut every = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = resync.tick() => match prices.current().await {
-                Ok(ticks) => hub.merge(ticks.iter().map(BusTick::from)),
-                Err(error) => tracing::warn!(%error, "price resync failed"),
-            },
+            _ = every.tick() => resync(&hub, &bus, prices.as_ref()).await,
             message = messages.recv() => match message {
                 Ok(message) => {
                     if let Some(channel) = names.get(&*message.channel) {
@@ -322,13 +323,32 @@ async fn feed_hub(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "hub lagged behind the bus; resyncing");
-                    if let Ok(ticks) = prices.current().await {
-                        hub.merge(ticks.iter().map(BusTick::from));
-                    }
+                    resync(&hub, &bus, prices.as_ref()).await;
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// Reloads the table from Redis' current state, or from Postgres if Redis
+/// has none (after a flush or a restart without persistence).
+async fn resync(hub: &Hub, bus: &Bus, prices: &dyn PriceStore) {
+    match bus.state_values(PRICES_STATE).await {
+        Ok(values) if !values.is_empty() => {
+            hub.merge(
+                values
+                    .iter()
+                    .filter_map(|value| serde_json::from_str::<BusTick>(value).ok()),
+            );
+            return;
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "reading current prices from redis failed"),
+    }
+    match prices.current().await {
+        Ok(ticks) => hub.merge(ticks.iter().map(BusTick::from)),
+        Err(error) => tracing::warn!(%error, "price resync failed"),
     }
 }
 
@@ -353,6 +373,26 @@ impl BusPublisher {
     }
 }
 
+fn state_entry(tick: &BusTick) -> Option<(String, i64, String)> {
+    let value = serde_json::to_string(tick).ok()?;
+    Some((tick.player_id.to_string(), tick.seq, value))
+}
+
+impl BusPublisher {
+    /// Publishes on `channel` and records `ticks` as current state, in one
+    /// script.
+    async fn publish_prices(&self, channel: &str, payload: String, ticks: &[BusTick]) {
+        let entries = ticks.iter().filter_map(state_entry).collect();
+        if let Err(error) = self
+            .bus
+            .publish_with_state(channel, payload, PRICES_STATE, entries)
+            .await
+        {
+            tracing::warn!(%error, channel, "publish failed; hubs will resync");
+        }
+    }
+}
+
 #[async_trait]
 impl PriceSink for BusPublisher {
     async fn ticks(&self, ticks: &[Tick]) {
@@ -360,15 +400,18 @@ impl PriceSink for BusPublisher {
         let Ok(payload) = serde_json::to_string(&bus_ticks) else {
             return;
         };
+        self.publish_prices(PRICES_CHANNEL, payload, &bus_ticks)
+            .await;
         self.hub.merge(bus_ticks);
-        self.publish(PRICES_CHANNEL, payload).await;
     }
 
     async fn event(&self, event: &AppliedEvent) {
-        let Ok(payload) = serde_json::to_string(&messages::EventMessage::from(event)) else {
+        let message = messages::EventMessage::from(event);
+        let Ok(payload) = serde_json::to_string(&message) else {
             return;
         };
-        self.publish(EVENTS_CHANNEL, payload).await;
+        self.publish_prices(EVENTS_CHANNEL, payload, &[message.tick()])
+            .await;
     }
 }
 

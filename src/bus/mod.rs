@@ -20,6 +20,19 @@ pub enum BusError {
     Redis(#[from] fred::error::Error),
 }
 
+/// KEYS: state hash, channel. ARGV: payload, then (field, seq, value)
+/// triples. Values are JSON objects carrying `"seq":<n>`.
+const PUBLISH_WITH_STATE: &str = r#"
+for i = 2, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  local current_seq = current and tonumber(string.match(current, '"seq":(%d+)'))
+  if not current_seq or current_seq < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  end
+end
+return redis.call('PUBLISH', KEYS[2], ARGV[1])
+"#;
+
 /// A replica's connections to Redis.
 #[derive(Clone)]
 pub struct Bus {
@@ -81,6 +94,43 @@ impl Bus {
     pub async fn publish(&self, channel: &str, payload: String) -> Result<(), BusError> {
         let _receivers: i64 = self.client.publish(self.key(channel), payload).await?;
         Ok(())
+    }
+
+    /// Publishes `payload` on the prefixed `channel` and, in the same atomic
+    /// script, records each `(field, seq, value)` in the prefixed hash
+    /// `state` unless the hash already holds a value with a higher or equal
+    /// `"seq"` for that field (so current state never goes backwards, whatever
+    /// order two publishers race in).
+    pub async fn publish_with_state(
+        &self,
+        channel: &str,
+        payload: String,
+        state: &str,
+        entries: Vec<(String, i64, String)>,
+    ) -> Result<(), BusError> {
+        let mut args: Vec<String> = Vec::with_capacity(1 + entries.len() * 3);
+        args.push(payload);
+        for (field, seq, value) in entries {
+            args.push(field);
+            args.push(seq.to_string());
+            args.push(value);
+        }
+        let _: i64 = self
+            .client
+            .eval(
+                PUBLISH_WITH_STATE,
+                vec![self.key(state), self.key(channel)],
+                args,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every value of the prefixed hash `state`.
+    pub async fn state_values(&self, state: &str) -> Result<Vec<String>, BusError> {
+        let values: std::collections::HashMap<String, String> =
+            self.client.hgetall(self.key(state)).await?;
+        Ok(values.into_values().collect())
     }
 
     /// Subscribes to the prefixed `channel`; messages for every subscribed

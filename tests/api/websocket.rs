@@ -272,3 +272,42 @@ async fn a_price_pushed_through_one_replica_reaches_a_socket_on_another() {
     let event = ws.expect("event", SECOND).await;
     assert_eq!(event["kind"], "assist");
 }
+
+#[tokio::test]
+async fn current_prices_live_in_redis_and_never_go_backwards() {
+    let settings = test_settings().await;
+    let bus = matchday::bus::Bus::connect(&settings.redis).await.unwrap();
+    let app = spawn_app_with(settings).await;
+    let player = app.create_player(1_000).await;
+    app.push_event("state-goal", player, "goal").await;
+    let state = bus
+        .state_values(matchday::broadcast::PRICES_STATE)
+        .await
+        .unwrap();
+    let mine: Vec<Value> = state
+        .iter()
+        .map(|v| serde_json::from_str::<Value>(v).unwrap())
+        .filter(|v| v["player_id"] == player)
+        .collect();
+    assert_eq!(mine.len(), 1, "{state:?}");
+    assert_eq!(mine[0]["epoch"], 1);
+
+    // A racing publisher with an older seq does not overwrite a newer one.
+    let entry = |seq: i64| ("7".to_string(), seq, format!("{{\"seq\":{seq}}}"));
+    for seq in [5, 3, 5] {
+        bus.publish_with_state("test:channel", "{}".into(), "test:state", vec![entry(seq)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        bus.state_values("test:state").await.unwrap(),
+        ["{\"seq\":5}"]
+    );
+    bus.publish_with_state("test:channel", "{}".into(), "test:state", vec![entry(6)])
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.state_values("test:state").await.unwrap(),
+        ["{\"seq\":6}"]
+    );
+}
