@@ -116,6 +116,10 @@ pub enum ReplayFormat {
 pub struct PricingSettings {
     /// Between-event tick period; 0 disables ticks.
     pub tick_ms: u64,
+    /// Ticks go into the price history at most this often (events always).
+    pub history_ms: u64,
+    /// Price history older than this is deleted.
+    pub history_retention_hours: u64,
     /// No price goes below this.
     pub floor_cents: i64,
     /// Uniform noise of a tick, ± basis points of the price.

@@ -117,7 +117,8 @@ impl Application {
             tokio::spawn(purge_expired(
                 pool.clone(),
                 accounts,
-                settings.trading.idempotency_retention_hours,
+                prices.clone(),
+                settings.clone(),
                 shutdown_rx.clone(),
             )),
             broadcast::start_hub(hub.clone(), bus.clone(), prices, shutdown_rx.clone()).await,
@@ -125,6 +126,7 @@ impl Application {
                 pricing.clone(),
                 leadership.clone(),
                 settings.pricing.tick_ms,
+                settings.pricing.history_ms,
                 shutdown_rx.clone(),
             )),
             tokio::spawn(ingest::driver::run(
@@ -195,20 +197,26 @@ impl Application {
 async fn purge_expired(
     pool: deadpool_postgres::Pool,
     accounts: Arc<dyn auth::AccountStore>,
-    retention_hours: u64,
+    prices: Arc<PgPrices>,
+    settings: Settings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let retention_hours = i64::try_from(retention_hours).unwrap_or(i64::MAX);
+    let hours = |h: u64| i64::try_from(h).unwrap_or(i64::MAX);
     let mut every = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = every.tick() => {
-                let keys = idempotency::pg::purge(&pool, retention_hours).await;
+                let keys = idempotency::pg::purge(&pool, hours(settings.trading.idempotency_retention_hours)).await;
                 let revoked = accounts.purge_expired_revocations().await.map_err(|e| Unexpected::msg(e.to_string()));
-                match (keys, revoked) {
-                    (Ok(keys), Ok(revoked)) => tracing::debug!(keys, revoked, "purged expired keys and revocations"),
-                    (Err(error), _) | (_, Err(error)) => tracing::warn!(%error, "purge failed"),
+                let history = prices.purge_history(hours(settings.pricing.history_retention_hours)).await;
+                match (keys, revoked, history) {
+                    (Ok(keys), Ok(revoked), Ok(history)) => {
+                        tracing::debug!(keys, revoked, history, "purged expired keys, revocations and history")
+                    }
+                    (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+                        tracing::warn!(%error, "purge failed")
+                    }
                 }
             }
         }

@@ -139,6 +139,10 @@ pub trait PriceStore: Send + Sync {
 
     /// Every player's current price.
     async fn current(&self) -> Result<Vec<Tick>, Unexpected>;
+
+    /// Deletes price history older than `retention_hours`; returns how many
+    /// points.
+    async fn purge_history(&self, retention_hours: i64) -> Result<u64, Unexpected>;
 }
 
 /// Where new prices and events go (the broadcast side implements it).

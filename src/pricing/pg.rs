@@ -273,6 +273,17 @@ impl PriceStore for PgPrices {
             .collect())
     }
 
+    async fn purge_history(&self, retention_hours: i64) -> Result<u64, Unexpected> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM price_history
+                  WHERE ts < now() - make_interval(hours => $1::int)",
+                &[&(retention_hours.clamp(1, i32::MAX as i64) as i32)],
+            )
+            .await?)
+    }
+
     async fn current(&self) -> Result<Vec<Tick>, Unexpected> {
         let client = self.pool.get().await?;
         let rows = client
@@ -289,10 +300,14 @@ impl PriceStore for PgPrices {
 /// connection (and with it the leadership lock) is gone, nothing is written.
 /// A player whose epoch changed since it was read (an event landed) is
 /// skipped, so a tick never overwrites an event's price.
+///
+/// The batch goes into the price history only when `record_history` (the
+/// ticker records every few ticks; events always record).
 pub async fn tick_all(
     leader: &tokio_postgres::Client,
     rules: &PricingRules,
     rng: &mut (impl Rng + Send),
+    record_history: bool,
 ) -> Result<Vec<Tick>, tokio_postgres::Error> {
     let rows = leader
         .query(
@@ -329,10 +344,10 @@ pub async fn tick_all(
                   ),
                   history AS (
                       INSERT INTO price_history (player_id, ts, price_cents)
-                      SELECT id, price_set_at, price_cents FROM up
+                      SELECT id, price_set_at, price_cents FROM up WHERE $4
                   )
              SELECT * FROM up ORDER BY id",
-            &[&ids, &prices, &epochs],
+            &[&ids, &prices, &epochs, &record_history],
         )
         .await?;
     Ok(rows.iter().map(tick).collect())

@@ -151,6 +151,8 @@ mod tests {
             .collect();
         PricingSettings {
             tick_ms: 250,
+            history_ms: 1_000,
+            history_retention_hours: 168,
             floor_cents: 100,
             tick_volatility_bp: 20,
             tick_reversion_pct: 10,

@@ -271,3 +271,34 @@ async fn with_the_trade_lock_orders_after_the_event_are_refused_and_none_is_lost
         .await;
     assert_eq!(rows[0].get::<_, i64>(0) as usize, fills.len());
 }
+
+#[tokio::test]
+async fn ticks_reach_the_price_history_once_per_history_interval_not_every_tick() {
+    let mut settings = test_settings().await;
+    settings.pricing.tick_ms = 20;
+    settings.pricing.tick_volatility_bp = 1_000;
+    settings.pricing.history_ms = 500;
+    let app = spawn_app_with(settings).await;
+    let player = app.create_player(100_000).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let seq = app
+        .sql(&format!("SELECT seq FROM players WHERE id = {player}"))
+        .await[0]
+        .get::<_, i64>(0);
+    let points: Value = app
+        .get(
+            &format!("/api/v1/players/{player}/history?limit=5000"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let points = points.as_array().unwrap().len() as i64;
+    // ~100 ticks moved the price; ~4 of them (plus the creation) were kept.
+    assert!(seq > 40, "only {seq} ticks");
+    assert!(
+        (3..=7).contains(&points),
+        "{points} history points for {seq} ticks"
+    );
+}
