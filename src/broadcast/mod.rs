@@ -352,23 +352,38 @@ async fn resync(hub: &Hub, bus: &Bus, prices: &dyn PriceStore) {
     }
 }
 
+/// User messages (fills) waiting to be published; past this they are
+/// dropped with a warning rather than slowing orders down.
+pub const USER_MESSAGE_QUEUE: usize = 4_096;
+
 /// Publishes prices, events and fills on the bus for every replica's hub.
 pub struct BusPublisher {
     bus: Bus,
     /// This replica's hub, updated at once too, so the publishing replica's
     /// own sockets never wait for the round trip through Redis.
     hub: Arc<Hub>,
+    /// Fills go out in order through one task, so an order's response never
+    /// waits for Redis (nor stalls when Redis is down).
+    user_messages: mpsc::Sender<String>,
 }
 
 impl BusPublisher {
-    /// A publisher on `bus`.
+    /// A publisher on `bus`; its user-message task ends when the publisher
+    /// is dropped.
     pub fn new(bus: Bus, hub: Arc<Hub>) -> BusPublisher {
-        BusPublisher { bus, hub }
-    }
-
-    async fn publish(&self, channel: &str, payload: String) {
-        if let Err(error) = self.bus.publish(channel, payload).await {
-            tracing::warn!(%error, channel, "publish failed; hubs will resync from Postgres");
+        let (user_messages, mut queued) = mpsc::channel::<String>(USER_MESSAGE_QUEUE);
+        let publisher_bus = bus.clone();
+        tokio::spawn(async move {
+            while let Some(payload) = queued.recv().await {
+                if let Err(error) = publisher_bus.publish(USERS_CHANNEL, payload).await {
+                    tracing::warn!(%error, "a user message could not be published");
+                }
+            }
+        });
+        BusPublisher {
+            bus,
+            hub,
+            user_messages,
         }
     }
 }
@@ -421,8 +436,16 @@ impl FillNotifier for BusPublisher {
         let Ok(message) = serde_json::to_string(&messages::OrderMessage::from(fill)) else {
             return;
         };
-        self.publish(USERS_CHANNEL, format!("{}|{}", user.0, message))
-            .await;
+        if self
+            .user_messages
+            .try_send(format!("{}|{}", user.0, message))
+            .is_err()
+        {
+            tracing::warn!(
+                user_id = user.0,
+                "user message queue full; fill not pushed to sockets"
+            );
+        }
     }
 }
 
