@@ -32,6 +32,32 @@ impl Unexpected {
     }
 }
 
+impl Unexpected {
+    /// True when the database pool had no connection to give within its wait
+    /// limit: overload, answered 429 rather than 500.
+    pub fn is_overload(&self) -> bool {
+        matches!(
+            self.0.downcast_ref::<deadpool_postgres::PoolError>(),
+            Some(deadpool_postgres::PoolError::Timeout(_))
+        )
+    }
+}
+
+impl Unexpected {
+    /// True for a transaction Postgres aborted to break a deadlock or a
+    /// serialisation conflict: running it again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        self.0
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            .is_some_and(|code| {
+                *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            })
+    }
+}
+
 impl From<tokio_postgres::Error> for Unexpected {
     fn from(error: tokio_postgres::Error) -> Unexpected {
         Unexpected::from_error(error)

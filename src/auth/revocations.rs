@@ -79,9 +79,7 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let messages = bus.messages();
-    if let Err(error) = bus.subscribe(CHANNEL).await {
-        tracing::warn!(%error, "revocation subscription failed; relying on reloads");
-    }
+    bus.subscribe_retrying(CHANNEL).await;
     tokio::spawn(keep_current(revocations, store, bus, messages, shutdown))
 }
 

@@ -208,6 +208,20 @@ impl Hub {
         }
     }
 
+    /// Marks every socket that could have wanted a lost event or fill as
+    /// stuck, so it is closed (1013) and reconnects to a fresh snapshot.
+    pub fn lost_messages(&self) {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        for registration in sockets.values() {
+            if registration.events
+                || !registration.players.is_empty()
+                || registration.user.is_some()
+            {
+                registration.stuck.store(true, Ordering::Release);
+            }
+        }
+    }
+
     /// Handles one message from the bus.
     pub fn on_bus_message(&self, channel: &str, payload: &str) {
         match channel {
@@ -290,9 +304,7 @@ pub async fn start_hub(
 ) -> tokio::task::JoinHandle<()> {
     let messages = bus.messages();
     for channel in [PRICES_CHANNEL, EVENTS_CHANNEL, USERS_CHANNEL] {
-        if let Err(error) = bus.subscribe(channel).await {
-            tracing::warn!(%error, channel, "hub subscription failed; relying on resync");
-        }
+        bus.subscribe_retrying(channel).await;
     }
     tokio::spawn(feed_hub(hub, bus, prices, messages, shutdown))
 }
@@ -322,7 +334,11 @@ async fn feed_hub(
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "hub lagged behind the bus; resyncing");
+                    // Events or fills may be among the lost: every socket
+                    // that could have wanted one reconnects for a fresh
+                    // snapshot rather than silently missing it.
+                    tracing::warn!(missed, "hub lagged behind the bus; closing affected sockets");
+                    hub.lost_messages();
                     resync(&hub, &bus, prices.as_ref()).await;
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -331,19 +347,16 @@ async fn feed_hub(
     }
 }
 
-/// Reloads the table from Redis' current state, or from Postgres if Redis
-/// has none (after a flush or a restart without persistence).
+/// Reloads the table from Redis' current state and from Postgres, the
+/// truth: a publish that failed leaves Redis stale, a flush leaves it empty.
+/// Merging ignores anything not newer, so the two cannot fight.
 async fn resync(hub: &Hub, bus: &Bus, prices: &dyn PriceStore) {
     match bus.state_values(PRICES_STATE).await {
-        Ok(values) if !values.is_empty() => {
-            hub.merge(
-                values
-                    .iter()
-                    .filter_map(|value| serde_json::from_str::<BusTick>(value).ok()),
-            );
-            return;
-        }
-        Ok(_) => {}
+        Ok(values) => hub.merge(
+            values
+                .iter()
+                .filter_map(|value| serde_json::from_str::<BusTick>(value).ok()),
+        ),
         Err(error) => tracing::warn!(%error, "reading current prices from redis failed"),
     }
     match prices.current().await {
@@ -491,6 +504,22 @@ mod tests {
         // Nothing new: the next flush sends nothing.
         let mut again = String::new();
         assert_eq!(hub.newer_ticks(&mut sent, &mut again), 0);
+    }
+
+    #[test]
+    fn losing_bus_messages_closes_the_sockets_that_could_have_wanted_them() {
+        let hub = Hub::new();
+        let mut flags = Vec::new();
+        for (events, players) in [(true, vec![]), (false, vec![3]), (false, vec![])] {
+            let (queue, _receiver) = mpsc::channel(2);
+            let stuck = Arc::new(AtomicBool::new(false));
+            let id = hub.register(None, queue, stuck.clone());
+            hub.update_registration(id, events, players.into_iter().collect());
+            flags.push(stuck);
+        }
+        hub.lost_messages();
+        let stuck: Vec<bool> = flags.iter().map(|f| f.load(Ordering::Acquire)).collect();
+        assert_eq!(stuck, [true, true, false]);
     }
 
     #[test]

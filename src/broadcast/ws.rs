@@ -435,16 +435,27 @@ pub(super) async fn run(
                         if !bucket.take(last_seen) {
                             break Some((CloseCode::Policy, "too many messages"));
                         }
-                        if session.pong(&bytes).await.is_err() {
-                            break None;
+                        match tokio::time::timeout(limits.stuck_timeout, session.pong(&bytes)).await {
+                            Ok(Ok(())) => continue,
+                            Ok(Err(_)) => break None,
+                            Err(_) => break Some((CloseCode::Again, "too slow")),
                         }
-                        continue;
                     }
                     Some(Ok(Message::Pong(_))) => {
                         last_seen = Instant::now();
+                        if !bucket.take(last_seen) {
+                            break Some((CloseCode::Policy, "too many messages"));
+                        }
                         continue;
                     }
                     Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Continuation(_))) => {
+                        last_seen = Instant::now();
+                        if !bucket.take(last_seen) {
+                            break Some((CloseCode::Policy, "too many messages"));
+                        }
+                        vec![error_message("bad_request", "fragmented messages are not supported", None)]
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(ProtocolError::Overflow)) => break Some((CloseCode::Size, "frame too large")),
                     Some(Err(_)) => break Some((CloseCode::Protocol, "protocol error")),
@@ -468,8 +479,10 @@ pub(super) async fn run(
                 if last_seen.elapsed() > IDLE_LIMIT {
                     break Some((CloseCode::Away, "idle"));
                 }
-                if session.ping(b"").await.is_err() {
-                    break None;
+                match tokio::time::timeout(limits.stuck_timeout, session.ping(b"")).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some((CloseCode::Again, "too slow")),
                 }
             }
         }

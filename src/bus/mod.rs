@@ -33,6 +33,12 @@ end
 return redis.call('PUBLISH', KEYS[2], ARGV[1])
 "#;
 
+/// Pub/sub messages buffered for each in-process listener before it counts
+/// as lagging (and has to treat messages as lost).
+pub const PUBSUB_BUFFER: usize = 65_536;
+/// How often a failed SUBSCRIBE is retried.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+
 /// A replica's connections to Redis.
 #[derive(Clone)]
 pub struct Bus {
@@ -56,6 +62,7 @@ impl Bus {
             })
             .with_performance_config(|performance| {
                 performance.default_command_timeout = Duration::from_secs(2);
+                performance.broadcast_channel_capacity = PUBSUB_BUFFER;
             });
         let client = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
@@ -138,6 +145,25 @@ impl Bus {
     pub async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
         self.subscriber.subscribe(self.key(channel)).await?;
         Ok(())
+    }
+
+    /// Subscribes to the prefixed `channel` now, or, if Redis cannot be
+    /// reached, keeps retrying in the background until it can (a channel is
+    /// resubscribed after reconnects only once a SUBSCRIBE has succeeded).
+    pub async fn subscribe_retrying(&self, channel: &'static str) {
+        if let Err(error) = self.subscribe(channel).await {
+            tracing::warn!(%error, channel, "subscription failed; retrying in the background");
+            let bus = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                    if bus.subscribe(channel).await.is_ok() {
+                        tracing::info!(channel, "subscribed");
+                        return;
+                    }
+                }
+            });
+        }
     }
 
     /// A receiver of pub/sub messages (bounded; a slow reader sees `Lagged`).

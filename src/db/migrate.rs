@@ -21,18 +21,22 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d61_7463_6864_6179; // "matchday"
 /// its own transaction. Returns the names applied.
 pub async fn migrate(pool: &Pool) -> Result<Vec<String>, DbError> {
     let mut client = pool.get().await?;
+    // Lock first: two replicas creating the table at once can collide.
     client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let result = match client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  name       TEXT PRIMARY KEY,
                  applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
              )",
         )
-        .await?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?;
-    let result = apply_pending(&mut client).await;
+        .await
+    {
+        Ok(()) => apply_pending(&mut client).await,
+        Err(error) => Err(error.into()),
+    };
     // Unlock even when a migration failed; the session ends with the pooled
     // connection otherwise, but being explicit keeps the pool reusable.
     client

@@ -42,7 +42,8 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
     );
     let pool = Pool::builder(manager)
         .max_size(settings.max_connections)
-        .wait_timeout(Some(Duration::from_secs(5)))
+        // Past this wait for a connection a request is shed with 429.
+        .wait_timeout(Some(Duration::from_secs(2)))
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .runtime(Runtime::Tokio1)

@@ -115,8 +115,20 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Suggested wait after an overload 429.
+const OVERLOAD_RETRY_AFTER_MS: i64 = 1_000;
+
 impl From<Unexpected> for ApiError {
     fn from(error: Unexpected) -> ApiError {
+        if error.is_overload() {
+            tracing::warn!(%error, "overloaded: shedding a request");
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "the server is overloaded; retry shortly",
+            )
+            .retry_after(OVERLOAD_RETRY_AFTER_MS);
+        }
         ApiError::internal(&error)
     }
 }
@@ -135,7 +147,7 @@ impl From<AuthError> for ApiError {
             // A valid token whose user is gone is as good as no token.
             AuthError::Unauthorized | AuthError::UnknownUser => ApiError::unauthorized(),
             AuthError::Forbidden => ApiError::forbidden("not allowed"),
-            AuthError::Unexpected(cause) => ApiError::internal(&cause),
+            AuthError::Unexpected(cause) => ApiError::from(cause),
         }
     }
 }
@@ -159,7 +171,7 @@ impl From<TradingError> for ApiError {
                 "trading on this player is suspended after a match event",
             )
             .retry_after(retry_after_ms),
-            TradingError::Unexpected(cause) => ApiError::internal(&cause),
+            TradingError::Unexpected(cause) => ApiError::from(cause),
         }
     }
 }
@@ -184,5 +196,28 @@ impl From<Rejection> for ApiError {
                 "the live price does not meet the limit price",
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exhausted_connection_pool_is_a_429_with_retry_after_not_a_500() {
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        let error = ApiError::from(Unexpected::from_error(timeout));
+        assert_eq!(error.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.code, "rate_limited");
+        assert_eq!(error.retry_after_ms, Some(1_000));
+        let response = error.error_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    #[test]
+    fn other_unexpected_failures_are_a_bare_500() {
+        let error = ApiError::from(Unexpected::msg("disk on fire"));
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.message, "internal error");
     }
 }

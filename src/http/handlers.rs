@@ -257,9 +257,6 @@ fn validate_order(
         .ok_or_else(|| ApiError::invalid_input("side must be buy or sell"))?;
     let quantity = Quantity::new(body.quantity)
         .ok_or_else(|| ApiError::invalid_input(format!("quantity must be 1-{}", Quantity::MAX)))?;
-    if body.player_id < 1 {
-        return Err(ApiError::invalid_input("player_id must be a positive id"));
-    }
     if body.limit_price_cents.is_some_and(|limit| limit < 1) {
         return Err(ApiError::invalid_input(
             "limit_price_cents must be at least 1",
@@ -320,10 +317,8 @@ pub async fn push_event(
     let occurred_at = chrono::DateTime::parse_from_rfc3339(&body.occurred_at)
         .map_err(|_| ApiError::invalid_input("occurred_at must be an RFC 3339 time"))?
         .with_timezone(&chrono::Utc);
-    if body.player_id < 1 || body.minute.is_some_and(|m| !(0..=200).contains(&m)) {
-        return Err(ApiError::invalid_input(
-            "player_id must be a positive id and minute 0-200",
-        ));
+    if body.minute.is_some_and(|m| !(0..=200).contains(&m)) {
+        return Err(ApiError::invalid_input("minute must be 0-200"));
     }
     let event = NewEvent {
         event_id: body.event_id,
@@ -347,7 +342,7 @@ pub async fn push_event(
             duplicate: true,
         })),
         Err(PricingError::UnknownPlayer) => Err(ApiError::not_found("no such player")),
-        Err(PricingError::Unexpected(cause)) => Err(ApiError::internal(&cause)),
+        Err(PricingError::Unexpected(cause)) => Err(ApiError::from(cause)),
     }
 }
 

@@ -70,7 +70,13 @@ pub async fn run(
         };
         match ended {
             Ended::Shutdown => return,
-            Ended::LostLeadership => tracing::warn!("feed paused: leadership lost"),
+            Ended::LostLeadership => {
+                tracing::warn!("feed paused: leadership lost or the database failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::leader::RETRY_INTERVAL * 2) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
             Ended::Finished if settings.replay_loop => tracing::info!("replay finished; looping"),
             Ended::Finished => return,
         }

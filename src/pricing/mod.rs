@@ -28,6 +28,9 @@ use crate::domain::{Cents, PlayerId};
 use crate::error::Unexpected;
 use crate::ingest::EventKind;
 
+/// Attempts at one correction before giving up.
+const MAX_CORRECTION_ATTEMPTS: u32 = 3;
+
 /// An event to apply, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -224,12 +227,25 @@ impl PricingService {
         Ok(ids)
     }
 
-    /// Withdraws the events of one provider message.
+    /// Withdraws the events of one provider message. A correction can lose
+    /// a deadlock against the ticker's batch update (rows locked in another
+    /// order); it is then retried, since it is idempotent.
     pub async fn revert(&self, event_id_prefix: &str) -> Result<usize, Unexpected> {
-        let corrections = self
-            .store
-            .revert(event_id_prefix, &self.rules, self.lock)
-            .await?;
+        let mut attempt = 0;
+        let corrections = loop {
+            attempt += 1;
+            match self
+                .store
+                .revert(event_id_prefix, &self.rules, self.lock)
+                .await
+            {
+                Ok(corrections) => break corrections,
+                Err(error) if attempt < MAX_CORRECTION_ATTEMPTS && error.is_retryable() => {
+                    tracing::warn!(%error, attempt, "correction failed; retrying");
+                }
+                Err(error) => return Err(error),
+            }
+        };
         for correction in &corrections {
             self.sink.event(correction).await;
         }

@@ -11,6 +11,9 @@ use crate::ingest::EventKind;
 
 /// Basis points in one whole.
 const BP: i128 = 10_000;
+/// No live price goes above this, so price × the largest order quantity
+/// (10^12 × 10^6) stays far inside i64.
+pub const MAX_LIVE_PRICE_CENTS: i64 = 1_000_000_000_000;
 
 /// How prices move.
 #[derive(Debug, Clone)]
@@ -83,7 +86,7 @@ impl PricingRules {
     }
 
     fn clamp(&self, value: i128) -> Cents {
-        let value = value.clamp(self.floor.get() as i128, i64::MAX as i128 / 4);
+        let value = value.clamp(self.floor.get() as i128, MAX_LIVE_PRICE_CENTS as i128);
         Cents::new(value as i64)
     }
 
