@@ -24,6 +24,7 @@ pub struct Settings {
     pub pricing: PricingSettings,
     pub broadcast: BroadcastSettings,
     pub sales: SalesSettings,
+    pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -145,6 +146,20 @@ pub struct BroadcastSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SalesSettings {
     pub settlement_rate_per_sec: u64,
+}
+
+/// Rate limits; 0 switches one off.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Requests per second per signed-in user, and the burst above it.
+    pub user_per_sec: u32,
+    pub user_burst: u32,
+    /// Registrations and logins per second per client IP, and the burst.
+    pub ip_per_sec: u32,
+    pub ip_burst: u32,
+    /// Take the client IP from `X-Forwarded-For`/`Forwarded` (only behind a
+    /// proxy that sets them); otherwise the connection's peer address.
+    pub trust_forwarded_for: bool,
 }
 
 /// Log output.

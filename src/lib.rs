@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod ingest;
 pub mod leader;
 pub mod ledger;
+pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod players;

@@ -101,6 +101,7 @@ impl Application {
             publisher,
         ));
 
+        let limits = Arc::new(crate::limits::RateLimits::new(&settings.limits));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let leadership = Leadership::start(
             settings.database.url.expose().to_string(),
@@ -117,6 +118,7 @@ impl Application {
             tokio::spawn(purge_expired(
                 pool.clone(),
                 accounts,
+                limits.clone(),
                 prices.clone(),
                 settings.clone(),
                 shutdown_rx.clone(),
@@ -152,6 +154,8 @@ impl Application {
             socket_limits: (&settings.broadcast).into(),
             max_connections: settings.broadcast.max_connections,
             leadership,
+            limits: limits.clone(),
+            trust_forwarded_for: settings.limits.trust_forwarded_for,
         };
         let server = http::server(
             state,
@@ -197,6 +201,7 @@ impl Application {
 async fn purge_expired(
     pool: deadpool_postgres::Pool,
     accounts: Arc<dyn auth::AccountStore>,
+    limits: Arc<crate::limits::RateLimits>,
     prices: Arc<PgPrices>,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
@@ -207,6 +212,7 @@ async fn purge_expired(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = every.tick() => {
+                limits.prune();
                 let keys = idempotency::pg::purge(&pool, hours(settings.trading.idempotency_retention_hours)).await;
                 let revoked = accounts.purge_expired_revocations().await.map_err(|e| Unexpected::msg(e.to_string()));
                 let history = prices.purge_history(hours(settings.pricing.history_retention_hours)).await;

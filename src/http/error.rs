@@ -115,6 +115,18 @@ impl ResponseError for ApiError {
     }
 }
 
+impl From<crate::limits::Limited> for ApiError {
+    fn from(limited: crate::limits::Limited) -> ApiError {
+        let ms = i64::try_from(limited.retry_after.as_millis()).unwrap_or(i64::MAX);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
+        .retry_after(ms.max(1))
+    }
+}
+
 /// Suggested wait after an overload 429.
 const OVERLOAD_RETRY_AFTER_MS: i64 = 1_000;
 

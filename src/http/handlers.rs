@@ -52,6 +52,30 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+/// The signed-in user, within their rate limit.
+fn signed_in(state: &AppState, req: &HttpRequest) -> Result<crate::auth::token::Claims, ApiError> {
+    let claims = extract::user(req, &state.auth)?;
+    state.limits.check_user(claims.user_id)?;
+    Ok(claims)
+}
+
+/// A registration or login attempt, within its client IP's rate limit.
+fn check_ip_limit(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let ip = if state.trust_forwarded_for {
+        req.connection_info().realip_remote_addr().and_then(|addr| {
+            addr.parse::<std::net::IpAddr>()
+                .ok()
+                .or_else(|| addr.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        })
+    } else {
+        req.peer_addr().map(|addr| addr.ip())
+    };
+    if let Some(ip) = ip {
+        state.limits.check_ip(ip)?;
+    }
+    Ok(())
+}
+
 fn parse_credentials(body: &CredentialsRequest) -> Result<(Username, Password), ApiError> {
     let username = Username::parse(&body.username).ok_or_else(|| {
         ApiError::invalid_input("username must be 3-32 characters of a-z, 0-9 and _")
@@ -66,6 +90,7 @@ pub async fn register(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Reply {
+    check_ip_limit(&state, &req)?;
     let body: CredentialsRequest = extract::json(&req, payload).await?;
     let (username, password) = parse_credentials(&body)?;
     let (user_id, token) = state.auth.register(&username, password).await?;
@@ -78,6 +103,7 @@ pub async fn register(
 }
 
 pub async fn login(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Reply {
+    check_ip_limit(&state, &req)?;
     let body: CredentialsRequest = extract::json(&req, payload).await?;
     // A name or password that could never have been registered cannot
     // match: same answer as a wrong password, without revealing which.
@@ -98,13 +124,13 @@ fn invalid_credentials() -> ApiError {
 }
 
 pub async fn logout(state: web::Data<AppState>, req: HttpRequest) -> Reply {
-    let claims = extract::user(&req, &state.auth)?;
+    let claims = signed_in(&state, &req)?;
     state.auth.logout(&claims, &state.bus).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> Reply {
-    let claims = extract::user(&req, &state.auth)?;
+    let claims = signed_in(&state, &req)?;
     let user = state.auth.me(claims.user_id).await?;
     Ok(HttpResponse::Ok().json(MeResponse::from(user)))
 }
@@ -235,7 +261,7 @@ pub async fn place_order(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Reply {
-    let claims = extract::user(&req, &state.auth)?;
+    let claims = signed_in(&state, &req)?;
     let key = extract::idempotency_key(&req)?;
     let body: OrderRequest = extract::json(&req, payload).await?;
     let order = validate_order(claims.user_id, key, &body)?;
@@ -275,7 +301,7 @@ fn validate_order(
 }
 
 pub async fn list_orders(state: web::Data<AppState>, req: HttpRequest) -> Reply {
-    let claims = extract::user(&req, &state.auth)?;
+    let claims = signed_in(&state, &req)?;
     let limit = extract::limit(&req, ORDERS_LIMIT.0, ORDERS_LIMIT.1)?;
     let orders = state.trading.orders(claims.user_id, limit).await?;
     let body: Vec<OrderResponse> = orders.into_iter().map(OrderResponse::from).collect();
@@ -283,7 +309,7 @@ pub async fn list_orders(state: web::Data<AppState>, req: HttpRequest) -> Reply 
 }
 
 pub async fn portfolio(state: web::Data<AppState>, req: HttpRequest) -> Reply {
-    let claims = extract::user(&req, &state.auth)?;
+    let claims = signed_in(&state, &req)?;
     let portfolio = state.trading.portfolio(claims.user_id).await?;
     Ok(HttpResponse::Ok().json(PortfolioResponse::from(portfolio)))
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub socket_limits: SocketLimits,
     pub max_connections: usize,
     pub leadership: crate::leader::Leadership,
+    pub limits: Arc<crate::limits::RateLimits>,
+    pub trust_forwarded_for: bool,
 }
 
 /// Registers every route of API.md.

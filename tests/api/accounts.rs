@@ -325,3 +325,52 @@ async fn the_admin_api_is_disabled_without_a_configured_token() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_user_past_their_rate_limit_gets_429_with_retry_after_and_others_do_not() {
+    let mut settings = test_settings().await;
+    settings.limits.user_per_sec = 2;
+    settings.limits.user_burst = 5;
+    let app = spawn_app_with(settings).await;
+    let users = app.bulk_users("limited", 2, 1_000).await;
+    for _ in 0..5 {
+        assert_eq!(
+            app.get("/api/v1/me", Some(&users[0].token)).await.status(),
+            StatusCode::OK
+        );
+    }
+    let response = app.get("/api/v1/me", Some(&users[0].token)).await;
+    assert!(response.headers().contains_key("retry-after"));
+    let body = assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let wait = body["error"]["retry_after_ms"].as_i64().unwrap();
+    assert!((1..=500).contains(&wait), "{wait}");
+    assert_eq!(
+        app.get("/api/v1/me", Some(&users[1].token)).await.status(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(wait as u64 + 20)).await;
+    assert_eq!(
+        app.get("/api/v1/me", Some(&users[0].token)).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn registrations_and_logins_are_limited_per_client_ip() {
+    let mut settings = test_settings().await;
+    settings.limits.ip_per_sec = 1;
+    settings.limits.ip_burst = 3;
+    let app = spawn_app_with(settings).await;
+    for n in 0..3 {
+        app.register(&format!("ipuser{n}")).await;
+    }
+    let response = app
+        .post_json(
+            "/api/v1/auth/login",
+            None,
+            &json!({"username": "ipuser0", "password": PASSWORD}),
+        )
+        .await;
+    assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(app.audit().await["users"], 3);
+}

@@ -64,6 +64,10 @@ pub async fn test_settings() -> Settings {
     // Prices stay put unless a test turns ticks or a feed on.
     settings.pricing.tick_ms = 0;
     settings.feed.source = matchday::config::FeedSource::None;
+    // Races fire far more requests per user than a person would; the rate
+    // limit tests turn limits on.
+    settings.limits.user_per_sec = 0;
+    settings.limits.ip_per_sec = 0;
     settings
 }
 
