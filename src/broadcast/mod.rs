@@ -428,9 +428,11 @@ impl PriceSink for BusPublisher {
         let Ok(payload) = serde_json::to_string(&bus_ticks) else {
             return;
         };
+        // This replica's sockets first (they must not wait on Redis, or on
+        // its timeout when it is down); other replicas hear it through Redis.
+        self.hub.merge(bus_ticks.iter().cloned());
         self.publish_prices(PRICES_CHANNEL, payload, &bus_ticks)
             .await;
-        self.hub.merge(bus_ticks);
     }
 
     async fn event(&self, event: &AppliedEvent) {
