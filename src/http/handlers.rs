@@ -353,6 +353,7 @@ pub async fn push_event(
         kind,
         occurred_at,
         minute: body.minute,
+        fence: None,
     };
     match state.pricing.apply(&event).await {
         Ok(Applied::Applied(applied)) => Ok(HttpResponse::Accepted().json(EventAppliedResponse {
@@ -368,6 +369,8 @@ pub async fn push_event(
             duplicate: true,
         })),
         Err(PricingError::UnknownPlayer) => Err(ApiError::not_found("no such player")),
+        // Pushes carry no fence, so this cannot happen; still no panic.
+        Err(PricingError::NotLeader) => Err(ApiError::internal(&"an unfenced push was fenced")),
         Err(PricingError::Unexpected(cause)) => Err(ApiError::from(cause)),
     }
 }

@@ -206,9 +206,11 @@ async fn replay_once(
                     kind: event.kind,
                     occurred_at: scale(event.occurred_at),
                     minute: event.minute,
+                    fence: leadership.fence(),
                 };
                 match pricing.apply(&new).await {
                     Ok(_) => applied += 1,
+                    Err(PricingError::NotLeader) => return Ended::LostLeadership,
                     Err(error) => {
                         tracing::warn!(%error, event_id = new.event_id, "replayed event failed")
                     }
@@ -311,11 +313,12 @@ async fn simulate(
             kind: simulated_kind(&mut rng),
             occurred_at: Utc::now(),
             minute: Some((n % 90) as i32 + 1),
+            fence: leadership.fence(),
         };
-        if let Err(error) = pricing.apply(&event).await {
-            if !matches!(error, PricingError::UnknownPlayer) {
-                tracing::warn!(%error, "simulated event failed");
-            }
+        match pricing.apply(&event).await {
+            Ok(_) | Err(PricingError::UnknownPlayer) => {}
+            Err(PricingError::NotLeader) => return Ended::LostLeadership,
+            Err(error) => tracing::warn!(%error, "simulated event failed"),
         }
     }
     Ended::Finished

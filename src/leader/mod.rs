@@ -22,18 +22,48 @@ const LEADER_LOCK_KEY: i64 = 0x6d64_6c65_6164_6572;
 /// A connection holding the leader lock, for fenced writes.
 pub type LeaderConnection = Arc<tokio_postgres::Client>;
 
+/// What a fenced write on another connection checks: that the session with
+/// this backend pid still holds the leader lock (see [`fence_sql`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub leader_pid: i32,
+}
+
+/// SQL answering whether the fence still holds; its one parameter is the
+/// leader's backend pid. A bigint advisory key shows in `pg_locks` as its
+/// high and low 32 bits with `objsubid` 1.
+pub fn fence_sql() -> String {
+    let key = LEADER_LOCK_KEY as u64;
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+            AND pid = $1 AND classid = {} AND objid = {} AND objsubid = 1)",
+        key >> 32,
+        key & 0xffff_ffff
+    )
+}
+
 /// Watches leadership: `Some(connection)` while this replica leads.
 #[derive(Clone)]
 pub struct Leadership {
     current: watch::Receiver<Option<LeaderConnection>>,
+    fence: watch::Receiver<Option<Fence>>,
 }
 
 impl Leadership {
     /// Starts campaigning with `database_url` until `shutdown` flips.
     pub fn start(database_url: String, shutdown: watch::Receiver<bool>) -> Leadership {
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(campaign(database_url, tx, shutdown));
-        Leadership { current: rx }
+        let (fence_tx, fence_rx) = watch::channel(None);
+        tokio::spawn(campaign(database_url, tx, fence_tx, shutdown));
+        Leadership {
+            current: rx,
+            fence: fence_rx,
+        }
+    }
+
+    /// The fence for writes made as leader on other connections.
+    pub fn fence(&self) -> Option<Fence> {
+        *self.fence.borrow()
     }
 
     /// The leader connection, if this replica leads now.
@@ -55,6 +85,7 @@ impl Leadership {
 async fn campaign(
     database_url: String,
     leader: watch::Sender<Option<LeaderConnection>>,
+    fence: watch::Sender<Option<Fence>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Ok(config) = tokio_postgres::Config::from_str(&database_url) else {
@@ -72,10 +103,17 @@ async fn campaign(
                 // Poll the connection while campaigning and while leading;
                 // when it ends, so does the lock.
                 loop {
-                    let attempt =
-                        client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK_KEY]);
+                    let attempt = client.query_one(
+                        "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
+                        &[&LEADER_LOCK_KEY],
+                    );
                     let won = tokio::select! {
-                        result = attempt => result.map(|row| row.get::<_, bool>(0)),
+                        result = attempt => result.map(|row| {
+                            let won: bool = row.get(0);
+                            let pid: i32 = row.get(1);
+                            let _ = fence.send(won.then_some(Fence { leader_pid: pid }));
+                            won
+                        }),
                         _ = &mut connection => break,
                         _ = shutdown.changed() => return,
                     };
@@ -87,10 +125,12 @@ async fn campaign(
                                 _ = &mut connection => {}
                                 _ = shutdown.changed() => {
                                     let _ = leader.send(None);
+                                    let _ = fence.send(None);
                                     return;
                                 }
                             }
                             let _ = leader.send(None);
+                            let _ = fence.send(None);
                             tracing::warn!("leader connection lost; leadership released");
                             break;
                         }

@@ -40,6 +40,8 @@ pub struct NewEvent {
     pub kind: EventKind,
     pub occurred_at: DateTime<Utc>,
     pub minute: Option<i32>,
+    /// For the leader's own feed: apply only while this leadership holds.
+    pub fence: Option<crate::leader::Fence>,
 }
 
 /// What applying an event did.
@@ -97,6 +99,8 @@ pub enum Applied {
 pub enum PricingError {
     #[error("no such player")]
     UnknownPlayer,
+    #[error("this replica no longer leads")]
+    NotLeader,
     #[error(transparent)]
     Unexpected(#[from] Unexpected),
 }

@@ -127,6 +127,16 @@ impl PriceStore for PgPrices {
             return Err(PricingError::UnknownPlayer);
         };
         let before = Cents::new(row.get(0));
+        if let Some(fence) = event.fence {
+            let holds: bool = tx
+                .query_one(&crate::leader::fence_sql(), &[&fence.leader_pid])
+                .await
+                .map_err(unexpected)?
+                .get(0);
+            if !holds {
+                return Err(PricingError::NotLeader);
+            }
+        }
         // The primary key is the dedupe: a second replica inserting the same
         // id waits for the first to commit, then inserts nothing.
         let inserted = tx

@@ -69,3 +69,48 @@ async fn exactly_one_replica_ticks_and_another_takes_over_when_it_stops() {
     let advance = seq_advance(following, player, Duration::from_secs(1)).await;
     assert!(advance >= 4, "the new leader does not tick: {advance}");
 }
+
+#[tokio::test]
+async fn a_feed_event_fenced_by_a_leadership_that_is_gone_is_refused() {
+    use matchday::domain::PlayerId;
+    use matchday::ingest::EventKind;
+    use matchday::leader::{fence_sql, Fence};
+    use matchday::pricing::{Applied, NewEvent, PgPrices, PriceStore, PricingError, PricingRules};
+
+    let settings = test_settings().await;
+    let app = spawn_app_with(settings.clone()).await;
+    let player = app.create_player(1_000).await;
+    wait_for_leader(&[&app]).await;
+    // The app's leader session, as pg_locks shows it in this database.
+    let leader_pid: i32 = app
+        .sql(&format!(
+            "SELECT pid FROM ({}) fence, pg_locks l
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              LIMIT 1",
+            fence_sql().replace("$1", "0")
+        ))
+        .await[0]
+        .get(0);
+    let store = PgPrices::new(matchday::db::pool(&settings.database).unwrap());
+    let rules = PricingRules::from_settings(&settings.pricing).unwrap();
+    let event = |id: &str, pid: i32| NewEvent {
+        event_id: id.into(),
+        match_id: "m".into(),
+        player: PlayerId(player),
+        kind: EventKind::Goal,
+        occurred_at: chrono::Utc::now(),
+        minute: None,
+        fence: Some(Fence { leader_pid: pid }),
+    };
+    let lock = Duration::from_secs(0);
+    let stale = store
+        .apply_event(&event("fenced-1", leader_pid + 100_000), &rules, lock)
+        .await;
+    assert!(matches!(stale, Err(PricingError::NotLeader)), "{stale:?}");
+    assert_eq!(app.player(player).await["epoch"], 0);
+    let current = store
+        .apply_event(&event("fenced-2", leader_pid), &rules, lock)
+        .await;
+    assert!(matches!(current, Ok(Applied::Applied(_))), "{current:?}");
+}
