@@ -67,13 +67,21 @@ struct Registration {
     stuck: Arc<AtomicBool>,
 }
 
+/// Every socket of the replica, and each signed-in user's sockets, so a
+/// fill costs a lookup rather than a scan of every socket.
+#[derive(Default)]
+struct Registry {
+    all: HashMap<u64, Registration>,
+    by_user: HashMap<i64, Vec<u64>>,
+}
+
 /// A replica's fan-out state.
 pub struct Hub {
     latest: RwLock<HashMap<i64, Slot>>,
     /// Bumped on every change of `latest`; sockets skip a flush when it has
     /// not moved.
     generation: AtomicU64,
-    sockets: Mutex<HashMap<u64, Registration>>,
+    sockets: Mutex<Registry>,
     next_socket: AtomicU64,
     connections: AtomicUsize,
 }
@@ -90,7 +98,7 @@ impl Hub {
         Hub {
             latest: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            sockets: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(Registry::default()),
             next_socket: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
         }
@@ -171,7 +179,10 @@ impl Hub {
     ) -> u64 {
         let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        sockets.insert(
+        if let Some(user) = user {
+            sockets.by_user.entry(user.0).or_default().push(id);
+        }
+        sockets.all.insert(
             id,
             Registration {
                 user,
@@ -186,7 +197,7 @@ impl Hub {
 
     fn update_registration(&self, id: u64, events: bool, players: HashSet<i64>) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(registration) = sockets.get_mut(&id) {
+        if let Some(registration) = sockets.all.get_mut(&id) {
             registration.events = events;
             registration.players = players;
         }
@@ -194,14 +205,24 @@ impl Hub {
 
     fn unregister(&self, id: u64) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        sockets.remove(&id);
+        let Some(registration) = sockets.all.remove(&id) else {
+            return;
+        };
+        if let Some(user) = registration.user {
+            if let Some(ids) = sockets.by_user.get_mut(&user.0) {
+                ids.retain(|other| *other != id);
+                if ids.is_empty() {
+                    sockets.by_user.remove(&user.0);
+                }
+            }
+        }
     }
 
     /// Queues `message` for every socket `wants`; a socket whose queue is
     /// full is marked stuck and will be closed with 1013.
     fn route(&self, message: &ByteString, wants: impl Fn(&Registration) -> bool) {
         let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        for registration in sockets.values() {
+        for registration in sockets.all.values() {
             if wants(registration) && registration.queue.try_send(message.clone()).is_err() {
                 registration.stuck.store(true, Ordering::Release);
             }
@@ -212,7 +233,7 @@ impl Hub {
     /// stuck, so it is closed (1013) and reconnects to a fresh snapshot.
     pub fn lost_messages(&self) {
         let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        for registration in sockets.values() {
+        for registration in sockets.all.values() {
             if registration.events
                 || !registration.players.is_empty()
                 || registration.user.is_some()
@@ -246,7 +267,14 @@ impl Hub {
                     return;
                 };
                 let bytes = ByteString::from(message.to_string());
-                self.route(&bytes, |r| r.user == Some(UserId(user)));
+                let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+                for id in sockets.by_user.get(&user).into_iter().flatten() {
+                    if let Some(registration) = sockets.all.get(id) {
+                        if registration.queue.try_send(bytes.clone()).is_err() {
+                            registration.stuck.store(true, Ordering::Release);
+                        }
+                    }
+                }
             }
             _ => {}
         }
@@ -522,6 +550,26 @@ mod tests {
         hub.lost_messages();
         let stuck: Vec<bool> = flags.iter().map(|f| f.load(Ordering::Acquire)).collect();
         assert_eq!(stuck, [true, true, false]);
+    }
+
+    #[test]
+    fn a_fill_reaches_only_its_users_sockets_and_leaves_no_trace_after_they_close() {
+        let hub = Hub::new();
+        let mut receivers = Vec::new();
+        let mut ids = Vec::new();
+        for user in [Some(UserId(7)), Some(UserId(7)), Some(UserId(8)), None] {
+            let (queue, receiver) = mpsc::channel(4);
+            ids.push(hub.register(user, queue, Arc::new(AtomicBool::new(false))));
+            receivers.push(receiver);
+        }
+        hub.on_bus_message(USERS_CHANNEL, "7|{\"type\":\"order\"}");
+        let got: Vec<bool> = receivers.iter_mut().map(|r| r.try_recv().is_ok()).collect();
+        assert_eq!(got, [true, true, false, false]);
+        for id in ids {
+            hub.unregister(id);
+        }
+        let sockets = hub.sockets.lock().unwrap();
+        assert!(sockets.all.is_empty() && sockets.by_user.is_empty());
     }
 
     #[test]
