@@ -3,9 +3,10 @@
 //!
 //! Owns orders and holdings. Cash moves only through the ledger's posting
 //! functions, in the same transaction as the order row, the holding change
-//! and the idempotency record. Never computes prices: it reads them through
-//! [`PriceReader`] and proves, under a lock on the player row, that the quote
-//! is still of the current epoch when the order commits.
+//! and the idempotency record. Never computes prices: an order fills at the
+//! player row's live price and epoch, read inside the player's trade gate
+//! (`players::gate`), so no event can land between the read and the commit;
+//! portfolios are valued through [`PriceReader`].
 
 mod pg;
 
@@ -23,9 +24,6 @@ use crate::players::{PriceReader, Quote};
 
 /// Endpoint name that scopes idempotency keys of orders.
 pub const ORDERS_ENDPOINT: &str = "POST /api/v1/orders";
-/// How many times an order is re-quoted when an event moves the epoch
-/// between the quote and the commit.
-const MAX_QUOTE_ATTEMPTS: usize = 3;
 
 /// A validated order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,21 +147,12 @@ pub struct Portfolio {
     pub net_worth: Cents,
 }
 
-/// What one attempt at the store produced.
-#[derive(Debug)]
-pub enum Attempt {
-    Done(Placed),
-    /// An event changed the player's epoch after the quote was taken.
-    StaleQuote,
-}
-
 /// Storage port of trading.
 #[async_trait]
 pub trait OrderStore: Send + Sync {
-    /// Executes `order` at `quote` atomically with its idempotency record, or
-    /// reports why not. `quote` is `None` when the price reader does not know
-    /// the player.
-    async fn place(&self, order: &NewOrder, quote: Option<Quote>) -> Result<Attempt, TradingError>;
+    /// Executes `order` at the live price atomically with its idempotency
+    /// record, or reports why not.
+    async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError>;
     /// The user's latest orders, newest first.
     async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Fill>, Unexpected>;
     /// The user's cash and non-empty holdings.
@@ -202,23 +191,11 @@ impl TradingService {
     /// Places an order at the live price.
     #[tracing::instrument(skip_all, fields(user_id = %order.user, player_id = %order.player))]
     pub async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError> {
-        for _ in 0..MAX_QUOTE_ATTEMPTS {
-            let quote = self.prices.quote(order.player).await?;
-            match self.store.place(order, quote).await? {
-                Attempt::Done(placed) => {
-                    if let (false, Ok(fill)) = (placed.replayed, &placed.outcome) {
-                        self.notifier.order_filled(order.user, fill).await;
-                    }
-                    return Ok(placed);
-                }
-                Attempt::StaleQuote => continue,
-            }
+        let placed = self.store.place(order).await?;
+        if let (false, Ok(fill)) = (placed.replayed, &placed.outcome) {
+            self.notifier.order_filled(order.user, fill).await;
         }
-        // Events landing on one player faster than we can quote it: the
-        // player is locked by them anyway, so say so.
-        Err(TradingError::PlayerLocked {
-            retry_after_ms: 1_000,
-        })
+        Ok(placed)
     }
 
     /// The user's latest orders, newest first.

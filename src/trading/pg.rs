@@ -6,14 +6,14 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 
 use super::{
-    retry_after_ms, Attempt, Fill, Holding, NewOrder, OrderStore, Placed, Positions, Rejection,
+    retry_after_ms, Fill, Holding, NewOrder, OrderStore, Placed, Positions, Rejection,
     TradingError, ORDERS_ENDPOINT,
 };
 use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::{self, Claim};
 use crate::ledger::posting;
-use crate::players::{gate, Quote};
+use crate::players::gate;
 
 /// Orders and holdings in Postgres.
 pub struct PgOrders {
@@ -93,7 +93,7 @@ async fn finish(
     tx: Transaction<'_>,
     order: &NewOrder,
     outcome: Result<Fill, Rejection>,
-) -> Result<Attempt, TradingError> {
+) -> Result<Placed, TradingError> {
     let stored = encode(&outcome)?;
     idempotency::pg::record(
         &tx,
@@ -106,10 +106,10 @@ async fn finish(
     .await
     .map_err(unexpected)?;
     tx.commit().await.map_err(unexpected)?;
-    Ok(Attempt::Done(Placed {
+    Ok(Placed {
         outcome,
         replayed: false,
-    }))
+    })
 }
 
 fn fill(row: &Row) -> Result<Fill, Unexpected> {
@@ -130,7 +130,7 @@ fn fill(row: &Row) -> Result<Fill, Unexpected> {
 #[async_trait]
 impl OrderStore for PgOrders {
     #[tracing::instrument(skip_all, fields(user_id = %order.user, player_id = %order.player))]
-    async fn place(&self, order: &NewOrder, quote: Option<Quote>) -> Result<Attempt, TradingError> {
+    async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError> {
         let mut client = self.pool.get().await.map_err(unexpected)?;
         let tx = client.transaction().await.map_err(unexpected)?;
 
@@ -155,10 +155,10 @@ impl OrderStore for PgOrders {
             }
             Claim::Replay(stored) => {
                 tx.rollback().await.map_err(unexpected)?;
-                return Ok(Attempt::Done(Placed {
+                return Ok(Placed {
                     outcome: decode(stored)?,
                     replayed: true,
-                }));
+                });
             }
         }
 
@@ -191,24 +191,20 @@ impl OrderStore for PgOrders {
         let locked_until: Option<DateTime<Utc>> = player.get(1);
         let now: DateTime<Utc> = player.get(2);
         let order_id: i64 = player.get(3);
-        // The live price as of this statement: events cannot change it while
-        // the order is inside the gate; a tick may move it a moment later,
-        // which is the price an order placed a moment earlier gets.
-        let live_price = Cents::new(player.get(4));
+        // The live price and epoch as of this statement: events cannot change
+        // them while the order is inside the gate; a tick may move the price
+        // a moment later, which is the price an order placed a moment
+        // earlier gets.
+        let price = Cents::new(player.get(4));
         // Early exits roll back explicitly and wait for it: a dropped
         // transaction rolls back in the background, and until it has, its
-        // key lock is held, so an immediate retry (ours after a stale
-        // quote, or the client's after a 423) would be told 409.
+        // key lock is held, so the client's immediate retry after a 423
+        // would be told 409.
         if let Some(retry_after_ms) = locked_until.and_then(|until| retry_after_ms(until, now)) {
             tx.rollback().await.map_err(unexpected)?;
             return Err(TradingError::PlayerLocked { retry_after_ms });
         }
-        if quote.is_none_or(|q| q.epoch != epoch) {
-            tx.rollback().await.map_err(unexpected)?;
-            return Ok(Attempt::StaleQuote);
-        }
 
-        let price = live_price;
         let limit_met = match (order.side, order.limit) {
             (_, None) => true,
             (Side::Buy, Some(limit)) => price <= limit,

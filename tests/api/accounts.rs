@@ -301,7 +301,7 @@ async fn admin_routes_answer_401_without_a_token_and_403_to_users() {
     )
     .await;
     assert_eq!(app.audit().await["users"], 1);
-    let players: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let players: Value = app.players().await;
     assert_eq!(players, json!([]));
 }
 

@@ -89,12 +89,7 @@ async fn twenty_concurrent_requests_with_one_key_fill_once() {
             assert_eq!(body["error"]["code"], "request_in_progress");
         }
     }
-    let orders: Value = app
-        .get("/api/v1/orders", Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let orders: Value = app.orders(&user.token).await;
     assert_eq!(orders.as_array().unwrap().len(), 1);
     assert_eq!(app.me(&user.token).await["balance_cents"], 999_000);
     // After the race, a retry replays the one fill.

@@ -199,6 +199,20 @@ impl TestApp {
         response.json().await.expect("json")
     }
 
+    /// The user's order history (default limit).
+    pub async fn orders(&self, token: &str) -> Value {
+        let response = self.get("/api/v1/orders", Some(token)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
+    /// Every player.
+    pub async fn players(&self) -> Value {
+        let response = self.get("/api/v1/players", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
     pub async fn audit(&self) -> Value {
         let response = self.get("/api/v1/admin/audit", Some(ADMIN_TOKEN)).await;
         assert_eq!(response.status(), StatusCode::OK);

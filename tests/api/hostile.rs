@@ -13,7 +13,7 @@ async fn books(app: &TestApp, token: &str) -> (Value, Value, Value, Value) {
         .json()
         .await
         .unwrap();
-    let players: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let players: Value = app.players().await;
     (app.audit().await, app.me(token).await, orders, players)
 }
 
@@ -217,7 +217,7 @@ async fn sql_looking_usernames_are_refused_or_stored_verbatim() {
         )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    let players: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let players: Value = app.players().await;
     assert_eq!(players[0]["name"], name);
     assert_eq!(app.audit().await["users"], 0);
 }

@@ -28,12 +28,7 @@ async fn a_repeat_with_the_same_key_and_body_replays_without_executing() {
     assert_eq!(reordered.status(), StatusCode::CREATED);
     assert_eq!(reordered.text().await.unwrap(), first);
     assert_eq!(app.me(&user.token).await["balance_cents"], 998_000);
-    let orders: Value = app
-        .get("/api/v1/orders", Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let orders: Value = app.orders(&user.token).await;
     assert_eq!(orders.as_array().unwrap().len(), 1);
 }
 

@@ -28,7 +28,7 @@ async fn an_admin_creates_a_player_anyone_can_read() {
         .await
         .unwrap();
     assert_eq!(fetched, created);
-    let listed: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let listed: Value = app.players().await;
     assert_eq!(listed, json!([created]));
 }
 
@@ -72,7 +72,7 @@ async fn create_player_returns_422_for_invalid_fields() {
             .await;
         assert_error(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_input").await;
     }
-    let listed: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let listed: Value = app.players().await;
     assert_eq!(listed, json!([]));
 }
 

@@ -53,7 +53,7 @@ async fn the_bundled_real_match_replays_end_to_end() {
         assert_eq!(kind_count(&app, kind).await, count, "{kind}");
     }
     // Players came from the match information: both squads.
-    let players: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let players: Value = app.players().await;
     let players = players.as_array().unwrap();
     assert!(players.len() >= 36, "{}", players.len());
     let scorer = players
@@ -130,7 +130,7 @@ async fn a_deleted_goal_has_its_price_effect_withdrawn() {
         1_000,
         "the correction restores the price"
     );
-    let players: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let players: Value = app.players().await;
     let striker = players
         .as_array()
         .unwrap()
@@ -153,6 +153,6 @@ async fn the_simulator_creates_its_players_and_moves_prices() {
     settings.feed.simulator_events_per_minute = 1_200;
     let app = spawn_app_with(settings).await;
     assert!(wait_for_events(&app, 10).await >= 10);
-    let players: Value = app.get("/api/v1/players", None).await.json().await.unwrap();
+    let players: Value = app.players().await;
     assert_eq!(players.as_array().unwrap().len(), 12);
 }

@@ -46,12 +46,7 @@ async fn a_buy_fills_at_the_live_price_and_debits_cash() {
                "holdings": [{"player_id": player, "quantity": 3, "avg_cost_cents": 1_500,
                              "price_cents": 1_500, "value_cents": 4_500}]})
     );
-    let orders: Value = app
-        .get("/api/v1/orders", Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let orders: Value = app.orders(&user.token).await;
     assert_eq!(orders, json!([order]));
     assert_eq!(app.audit().await["ok"], true);
 }
@@ -220,12 +215,7 @@ async fn order_validation_returns_422_for_quantities_sides_and_ids_out_of_range(
         assert_error(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_input").await;
     }
     assert_eq!(app.me(&user.token).await["balance_cents"], 1_000_000);
-    let orders: Value = app
-        .get("/api/v1/orders", Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let orders: Value = app.orders(&user.token).await;
     assert_eq!(orders, json!([]));
 }
 
@@ -306,12 +296,7 @@ async fn order_history_is_newest_first_and_honours_limit() {
     .await;
     // Other users never see these orders.
     let other = app.register("other").await;
-    let theirs: Value = app
-        .get("/api/v1/orders", Some(&other.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = app.orders(&other.token).await;
     assert_eq!(theirs, json!([]));
 }
 
