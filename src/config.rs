@@ -142,10 +142,22 @@ pub struct BroadcastSettings {
     pub stuck_timeout_ms: u64,
 }
 
-/// Drops (flash sales issue).
+/// Drops (flash sales).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SalesSettings {
+    /// Purchases settled per second across all replicas (a token bucket
+    /// shared through Redis); 0 pauses settlement.
     pub settlement_rate_per_sec: u64,
+    /// Purchase requests one replica works on at once; past it, 429.
+    pub max_in_flight: usize,
+    /// Reservations made durable in one Postgres transaction, at most.
+    pub reservation_batch_max: usize,
+    /// How long the first reservation of a batch waits for others.
+    pub reservation_linger_ms: u64,
+    /// Purchases one settlement step claims at most.
+    pub settlement_batch_max: usize,
+    /// How often each sale's Redis inventory is checked against Postgres.
+    pub reconcile_interval_ms: u64,
 }
 
 /// Rate limits; 0 switches one off.
