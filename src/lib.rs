@@ -20,6 +20,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod players;
 pub mod pricing;
+pub mod sales;
 pub mod startup;
 pub mod telemetry;
 pub mod trading;

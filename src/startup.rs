@@ -21,6 +21,7 @@ use crate::ledger::PgLedger;
 use crate::metrics::Metrics;
 use crate::players::PgPlayers;
 use crate::pricing::{self, PgPrices, PriceStore, PricingRules, PricingService};
+use crate::sales::{self, PgSales, RedisInventory, SalesService, Settler};
 use crate::trading::{PgOrders, TradingService};
 use crate::{idempotency, ingest};
 
@@ -51,6 +52,8 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Rules(#[from] pricing::rules::RulesError),
+    #[error(transparent)]
+    Unexpected(#[from] Unexpected),
 }
 
 impl Application {
@@ -98,8 +101,23 @@ impl Application {
         let trading = Arc::new(TradingService::new(
             Arc::new(PgOrders::new(pool.clone())),
             players.clone(),
-            publisher,
+            publisher.clone(),
         ));
+        let sales_store = Arc::new(PgSales::new(pool.clone()));
+        let sales = SalesService::start(
+            sales_store.clone(),
+            bus.clone(),
+            hub.clone(),
+            publisher.clone(),
+            &settings.sales,
+        )
+        .await?;
+        let settler = Settler::new(
+            sales_store,
+            RedisInventory::new(bus.clone()),
+            publisher,
+            settings.sales.settlement_batch_max,
+        );
 
         let limits = Arc::new(crate::limits::RateLimits::new(&settings.limits));
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -137,6 +155,23 @@ impl Application {
                 settings.feed.clone(),
                 shutdown_rx.clone(),
             )),
+            sales::start_listener(sales.clone(), bus.clone(), shutdown_rx.clone()).await,
+            tokio::spawn(sales::reconcile_loop(
+                sales.clone(),
+                leadership.clone(),
+                Duration::from_millis(settings.sales.reconcile_interval_ms),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(sales::settle_loop(
+                settler,
+                settings.sales.settlement_rate_per_sec,
+                shutdown_rx.clone(),
+            )),
+            broadcast::start_sale_flusher(
+                hub.clone(),
+                Duration::from_millis(settings.broadcast.flush_ms),
+                shutdown_rx.clone(),
+            ),
         ];
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
@@ -156,6 +191,7 @@ impl Application {
             leadership,
             limits: limits.clone(),
             trust_forwarded_for: settings.limits.trust_forwarded_for,
+            sales,
         };
         let server = http::server(
             state,

@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Slot;
-use crate::http::wire::{timestamp, OrderResponse};
+use crate::http::wire::{timestamp, OrderResponse, PurchaseResponse};
 use crate::pricing::{AppliedEvent, Tick};
 use crate::trading::Fill;
 
@@ -155,4 +155,40 @@ impl From<&Fill> for OrderMessage {
             order: OrderResponse::from(fill.clone()),
         }
     }
+}
+
+/// `{"type":"purchase",…}` on the `user` channel: the purchase as
+/// `GET …/purchases/{id}` shows it.
+#[derive(Serialize)]
+pub struct PurchaseMessage {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    purchase: PurchaseResponse,
+}
+
+impl From<&crate::sales::Purchase> for PurchaseMessage {
+    fn from(purchase: &crate::sales::Purchase) -> PurchaseMessage {
+        PurchaseMessage {
+            kind: "purchase",
+            purchase: PurchaseResponse::from(purchase.clone()),
+        }
+    }
+}
+
+/// `data` of a `sale:{id}` snapshot.
+pub fn sale_data(sale_id: i64, remaining_units: i64, status: &str) -> String {
+    serde_json::json!({"sale_id": sale_id, "remaining_units": remaining_units, "status": status})
+        .to_string()
+}
+
+/// `{"type":"sale",…}` on `sale:{id}`.
+pub fn sale_message(sale_id: i64, remaining_units: i64, status: &str) -> String {
+    serde_json::json!({
+        "type": "sale",
+        "sale_id": sale_id,
+        "remaining_units": remaining_units,
+        "status": status,
+    })
+    .to_string()
 }

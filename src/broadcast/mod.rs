@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::bus::Bus;
 use crate::domain::UserId;
 use crate::pricing::{AppliedEvent, PriceSink, PriceStore, Tick};
+use crate::sales::{Purchase, PurchaseNotifier, SaleStateSink, SaleStatus};
 use crate::trading::{Fill, FillNotifier};
 use messages::BusTick;
 
@@ -63,8 +64,20 @@ struct Registration {
     user: Option<UserId>,
     events: bool,
     players: HashSet<i64>,
+    sales: HashSet<i64>,
     queue: mpsc::Sender<ByteString>,
     stuck: Arc<AtomicBool>,
+}
+
+/// The latest state of one sale, pre-serialised.
+#[derive(Clone)]
+pub struct SaleSlot {
+    /// `(generation, seq)` of the inventory this state comes from.
+    version: (i64, i64),
+    remaining: i64,
+    status: SaleStatus,
+    /// The `sale:{id}` snapshot `data`.
+    pub snapshot_json: ByteString,
 }
 
 /// Every socket of the replica, and each signed-in user's sockets, so a
@@ -84,6 +97,9 @@ pub struct Hub {
     sockets: Mutex<Registry>,
     next_socket: AtomicU64,
     connections: AtomicUsize,
+    sales: Mutex<HashMap<i64, SaleSlot>>,
+    /// Sales changed since the last sale flush: conflated, like prices.
+    dirty_sales: Mutex<HashSet<i64>>,
 }
 
 impl Default for Hub {
@@ -101,6 +117,8 @@ impl Hub {
             sockets: Mutex::new(Registry::default()),
             next_socket: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            sales: Mutex::new(HashMap::new()),
+            dirty_sales: Mutex::new(HashSet::new()),
         }
     }
 
@@ -188,6 +206,7 @@ impl Hub {
                 user,
                 events: false,
                 players: HashSet::new(),
+                sales: HashSet::new(),
                 queue,
                 stuck,
             },
@@ -195,11 +214,47 @@ impl Hub {
         id
     }
 
-    fn update_registration(&self, id: u64, events: bool, players: HashSet<i64>) {
+    fn update_registration(
+        &self,
+        id: u64,
+        events: bool,
+        players: HashSet<i64>,
+        sales: HashSet<i64>,
+    ) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(registration) = sockets.all.get_mut(&id) {
             registration.events = events;
             registration.players = players;
+            registration.sales = sales;
+        }
+    }
+
+    /// The `sale:{id}` snapshot data, if the sale exists.
+    pub fn sale_snapshot(&self, sale_id: i64) -> Option<ByteString> {
+        let sales = self.sales.lock().unwrap_or_else(|p| p.into_inner());
+        sales.get(&sale_id).map(|slot| slot.snapshot_json.clone())
+    }
+
+    /// Sends each sale changed since the last call, once, in its latest
+    /// state, to the sockets subscribed to it.
+    pub fn flush_sales(&self) {
+        let dirty: Vec<i64> = {
+            let mut dirty = self.dirty_sales.lock().unwrap_or_else(|p| p.into_inner());
+            dirty.drain().collect()
+        };
+        for sale_id in dirty {
+            let Some(slot) = ({
+                let sales = self.sales.lock().unwrap_or_else(|p| p.into_inner());
+                sales.get(&sale_id).cloned()
+            }) else {
+                continue;
+            };
+            let message = ByteString::from(messages::sale_message(
+                sale_id,
+                slot.remaining,
+                slot.status.as_str(),
+            ));
+            self.route(&message, |r| r.sales.contains(&sale_id));
         }
     }
 
@@ -236,6 +291,7 @@ impl Hub {
         for registration in sockets.all.values() {
             if registration.events
                 || !registration.players.is_empty()
+                || !registration.sales.is_empty()
                 || registration.user.is_some()
             {
                 registration.stuck.store(true, Ordering::Release);
@@ -279,6 +335,52 @@ impl Hub {
             _ => {}
         }
     }
+}
+
+impl SaleStateSink for Hub {
+    fn sale_state(&self, sale_id: i64, version: (i64, i64), remaining: i64, status: SaleStatus) {
+        let mut sales = self.sales.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = sales.get(&sale_id) {
+            let same = slot.remaining == remaining && slot.status == status;
+            if version < slot.version || same {
+                return;
+            }
+        }
+        sales.insert(
+            sale_id,
+            SaleSlot {
+                version,
+                remaining,
+                status,
+                snapshot_json: ByteString::from(messages::sale_data(
+                    sale_id,
+                    remaining,
+                    status.as_str(),
+                )),
+            },
+        );
+        drop(sales);
+        let mut dirty = self.dirty_sales.lock().unwrap_or_else(|p| p.into_inner());
+        dirty.insert(sale_id);
+    }
+}
+
+/// Every `flush`, sends changed sales to their subscribers.
+pub fn start_sale_flusher(
+    hub: Arc<Hub>,
+    flush: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(flush.max(Duration::from_millis(1)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = every.tick() => hub.flush_sales(),
+            }
+        }
+    })
 }
 
 /// A held connection slot; released on drop.
@@ -492,6 +594,25 @@ impl FillNotifier for BusPublisher {
     }
 }
 
+#[async_trait]
+impl PurchaseNotifier for BusPublisher {
+    async fn purchase_changed(&self, user: UserId, purchase: &Purchase) {
+        let Ok(message) = serde_json::to_string(&messages::PurchaseMessage::from(purchase)) else {
+            return;
+        };
+        if self
+            .user_messages
+            .try_send(format!("{}|{}", user.0, message))
+            .is_err()
+        {
+            tracing::warn!(
+                user_id = user.0,
+                "user message queue full; purchase not pushed to sockets"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,7 +665,7 @@ mod tests {
             let (queue, _receiver) = mpsc::channel(2);
             let stuck = Arc::new(AtomicBool::new(false));
             let id = hub.register(None, queue, stuck.clone());
-            hub.update_registration(id, events, players.into_iter().collect());
+            hub.update_registration(id, events, players.into_iter().collect(), HashSet::new());
             flags.push(stuck);
         }
         hub.lost_messages();
@@ -578,7 +699,7 @@ mod tests {
         let (queue, _receiver) = mpsc::channel(2);
         let stuck = Arc::new(AtomicBool::new(false));
         let id = hub.register(None, queue, stuck.clone());
-        hub.update_registration(id, true, HashSet::new());
+        hub.update_registration(id, true, HashSet::new(), HashSet::new());
         let event = serde_json::to_string(&messages::EventMessage {
             message_type: "event".into(),
             player_id: 1,

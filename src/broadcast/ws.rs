@@ -107,6 +107,7 @@ struct ClientOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Channel {
     Player(i64),
+    Sale(i64),
     Events,
     User,
 }
@@ -115,11 +116,17 @@ fn parse_channel(name: &str) -> Option<Channel> {
     match name {
         "events" => Some(Channel::Events),
         "user" => Some(Channel::User),
-        _ => name
-            .strip_prefix("player:")
-            .and_then(|id| id.parse::<i64>().ok())
-            .filter(|id| *id > 0)
-            .map(Channel::Player),
+        _ => {
+            let id = |prefix: &str| {
+                name.strip_prefix(prefix)
+                    .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|id| id.parse::<i64>().ok())
+                    .filter(|id| *id > 0)
+            };
+            id("player:")
+                .map(Channel::Player)
+                .or_else(|| id("sale:").map(Channel::Sale))
+        }
     }
 }
 
@@ -152,12 +159,14 @@ struct Socket {
     user: Option<UserId>,
     shared: Rc<Shared>,
     events: bool,
+    sales: HashSet<i64>,
 }
 
 impl Socket {
     fn registration_changed(&self) {
         let players: HashSet<i64> = self.shared.sent.borrow().keys().copied().collect();
-        self.hub.update_registration(self.id, self.events, players);
+        self.hub
+            .update_registration(self.id, self.events, players, self.sales.clone());
     }
 
     fn handle_text(&mut self, text: &str) -> Vec<ByteString> {
@@ -192,6 +201,26 @@ impl Socket {
                     accepted.push(name);
                 }
                 Some(Channel::User) if self.user.is_some() => accepted.push(name),
+                Some(Channel::Sale(id)) => {
+                    if !self.sales.contains(&id) && self.sales.len() >= MAX_CHANNELS_PER_SOCKET {
+                        over_limit.push(name.clone());
+                        continue;
+                    }
+                    let Some(data) = self.hub.sale_snapshot(id) else {
+                        invalid.push(name.clone());
+                        continue;
+                    };
+                    self.sales.insert(id);
+                    if !snapshot.is_empty() {
+                        snapshot.push(',');
+                    }
+                    snapshot.push_str("{\"channel\":");
+                    snapshot.push_str(&serde_json::to_string(name).unwrap_or_default());
+                    snapshot.push_str(",\"data\":");
+                    snapshot.push_str(&data);
+                    snapshot.push('}');
+                    accepted.push(name);
+                }
                 Some(Channel::Player(id)) => {
                     if !sent.contains_key(&id) && sent.len() >= MAX_CHANNELS_PER_SOCKET {
                         over_limit.push(name.clone());
@@ -232,7 +261,7 @@ impl Socket {
         if !over_limit.is_empty() {
             replies.push(error_message(
                 "too_many_channels",
-                "a socket may hold at most 1000 player channels",
+                "a socket may hold at most 1000 player and 1000 sale channels",
                 Some(&over_limit),
             ));
         }
@@ -252,6 +281,7 @@ impl Socket {
                 {
                     removed.push(name)
                 }
+                Some(Channel::Sale(id)) if self.sales.remove(&id) => removed.push(name),
                 _ => {}
             }
         }
@@ -395,6 +425,7 @@ pub(super) async fn run(
         user,
         shared: shared.clone(),
         events: false,
+        sales: HashSet::new(),
     };
     let mut bucket = TokenBucket::new(limits.burst, limits.messages_per_sec, Instant::now());
     let mut stuck_check = tokio::time::interval(STUCK_CHECK_INTERVAL);
@@ -507,6 +538,10 @@ mod tests {
         assert_eq!(parse_channel("player:-1"), None);
         assert_eq!(parse_channel("player:12x"), None);
         assert_eq!(parse_channel("player:"), None);
+        assert_eq!(parse_channel("player:+1"), None);
+        assert_eq!(parse_channel("sale:3"), Some(Channel::Sale(3)));
+        assert_eq!(parse_channel("sale:0"), None);
+        assert_eq!(parse_channel("sale:x"), None);
         assert_eq!(parse_channel("Player:1"), None);
     }
 

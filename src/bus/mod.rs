@@ -136,6 +136,30 @@ impl Bus {
         Ok(())
     }
 
+    /// Runs a Lua script by its SHA, loading it first if Redis does not
+    /// know it (after a restart or flush). `keys` are full key names (see
+    /// [`Bus::key`]).
+    pub async fn run_script(
+        &self,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<fred::types::Value, BusError> {
+        Ok(script.evalsha_with_reload(&self.client, keys, args).await?)
+    }
+
+    /// Adds `by` to the integer at `key` (a full name, see [`Bus::key`]).
+    pub async fn increment(&self, key: &str, by: i64) -> Result<(), BusError> {
+        let _value: i64 = self.client.incr_by(key, by).await?;
+        Ok(())
+    }
+
+    /// Deletes a key (a full name, see [`Bus::key`]).
+    pub async fn delete(&self, key: &str) -> Result<(), BusError> {
+        let _deleted: i64 = self.client.del(key).await?;
+        Ok(())
+    }
+
     /// Every value of the prefixed hash `state`.
     pub async fn state_values(&self, state: &str) -> Result<Vec<String>, BusError> {
         let values: std::collections::HashMap<String, String> =

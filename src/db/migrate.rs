@@ -12,6 +12,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_live_prices",
         include_str!("../../migrations/0002_live_prices.sql"),
     ),
+    (
+        "0003_drops",
+        include_str!("../../migrations/0003_drops.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.

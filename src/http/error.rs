@@ -211,6 +211,54 @@ impl From<Rejection> for ApiError {
     }
 }
 
+impl From<crate::sales::SalesError> for ApiError {
+    fn from(error: crate::sales::SalesError) -> ApiError {
+        use crate::sales::SalesError;
+        match error {
+            SalesError::InProgress => TradingError::InProgress.into(),
+            SalesError::KeyReused => TradingError::KeyReused.into(),
+            SalesError::Overloaded { retry_after_ms } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many purchases in flight; retry shortly",
+            )
+            .retry_after(retry_after_ms),
+            SalesError::UnknownSale => ApiError::not_found("no such sale"),
+            SalesError::UnknownPlayer => ApiError::not_found("no such player"),
+            SalesError::NotSoldOut => ApiError::new(
+                StatusCode::CONFLICT,
+                "not_sold_out",
+                "the waitlist opens once the sale is sold out",
+            ),
+            SalesError::Unexpected(cause) => ApiError::from(cause),
+        }
+    }
+}
+
+impl From<crate::sales::PurchaseRejection> for ApiError {
+    fn from(rejection: crate::sales::PurchaseRejection) -> ApiError {
+        use crate::sales::PurchaseRejection;
+        match rejection {
+            PurchaseRejection::UnknownSale => ApiError::not_found("no such sale"),
+            PurchaseRejection::NotOpen => ApiError::new(
+                StatusCode::CONFLICT,
+                "sale_not_open",
+                "the sale has not started yet",
+            ),
+            PurchaseRejection::LimitExceeded => ApiError::new(
+                StatusCode::CONFLICT,
+                "limit_exceeded",
+                "this purchase would take you past the sale's per-user limit",
+            ),
+            PurchaseRejection::SoldOut => ApiError::new(
+                StatusCode::CONFLICT,
+                "sold_out",
+                "not enough units remain for this purchase",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

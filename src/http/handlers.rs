@@ -15,6 +15,7 @@ use crate::idempotency;
 use crate::ingest::EventKind;
 use crate::players::{NewPlayer, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
 use crate::pricing::{Applied, NewEvent, PricingError, Tick};
+use crate::sales;
 use crate::trading::{NewOrder, ORDERS_ENDPOINT};
 
 type Reply = Result<HttpResponse, ApiError>;
@@ -415,4 +416,161 @@ pub async fn wrong_method() -> Reply {
         "method_not_allowed",
         "this route does not take that method",
     ))
+}
+
+pub async fn create_sale(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    extract::admin(&req, &state.auth)?;
+    let body: NewSaleRequest = extract::json(&req, payload).await?;
+    let name = checked_text(&body.name, "name")?;
+    if name.chars().count() > sales::MAX_NAME_CHARS {
+        return Err(ApiError::invalid_input(format!(
+            "name must be at most {} characters",
+            sales::MAX_NAME_CHARS
+        )));
+    }
+    if !(1..=sales::MAX_TOTAL_UNITS).contains(&body.total_units) {
+        return Err(ApiError::invalid_input(format!(
+            "total_units must be 1-{}",
+            sales::MAX_TOTAL_UNITS
+        )));
+    }
+    if !(1..=MAX_PRICE_CENTS).contains(&body.unit_price_cents) {
+        return Err(ApiError::invalid_input(format!(
+            "unit_price_cents must be 1-{MAX_PRICE_CENTS}"
+        )));
+    }
+    if body
+        .max_per_user
+        .is_some_and(|max| !(1..=sales::MAX_TOTAL_UNITS).contains(&max))
+    {
+        return Err(ApiError::invalid_input(format!(
+            "max_per_user must be 1-{}",
+            sales::MAX_TOTAL_UNITS
+        )));
+    }
+    let starts_at = body
+        .starts_at
+        .as_deref()
+        .map(|raw| {
+            chrono::DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| ApiError::invalid_input("starts_at must be an RFC 3339 time"))
+        })
+        .transpose()?;
+    let sale = state
+        .sales
+        .create(sales::NewSale {
+            player: PlayerId(body.player_id),
+            name,
+            total_units: body.total_units,
+            unit_price: Cents::new(body.unit_price_cents),
+            max_per_user: body.max_per_user,
+            starts_at,
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(SaleResponse::from(sale)))
+}
+
+pub async fn list_sales(state: web::Data<AppState>) -> Reply {
+    let sales = state.sales.list().await?;
+    let body: Vec<SaleResponse> = sales.into_iter().map(SaleResponse::from).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn get_sale(state: web::Data<AppState>, path: web::Path<String>) -> Reply {
+    let id = extract::path_id(&path, "sale")?;
+    let sale = state.sales.get(id).await?;
+    Ok(HttpResponse::Ok().json(SaleResponse::from(sale)))
+}
+
+pub async fn purchase(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Reply {
+    let claims = signed_in(&state, &req)?;
+    let key = extract::idempotency_key(&req)?;
+    let body: PurchaseRequestBody = extract::json(&req, payload).await?;
+    let quantity = Quantity::new(body.quantity)
+        .ok_or_else(|| ApiError::invalid_input(format!("quantity must be 1-{}", Quantity::MAX)))?;
+    // A bad id in the path names no sale: 404, after the checks above.
+    let sale_id = extract::path_id(&path, "sale")?;
+    let request = sales::PurchaseRequest {
+        user: claims.user_id,
+        sale_id,
+        quantity,
+        fingerprint: idempotency::fingerprint(
+            sales::PURCHASES_ENDPOINT,
+            &format!("{sale_id}:{}", quantity.get()),
+        ),
+        key,
+    };
+    match state.sales.purchase(&request).await? {
+        sales::Placed::Reserved(purchase) => {
+            Ok(HttpResponse::Accepted().json(PurchaseResponse::from(purchase)))
+        }
+        sales::Placed::Replayed(stored) => Ok(HttpResponse::Accepted().json(stored)),
+        sales::Placed::Rejected(rejection) => Err(rejection.into()),
+    }
+}
+
+pub async fn get_purchase(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Reply {
+    let claims = signed_in(&state, &req)?;
+    let (sale, purchase) = path.into_inner();
+    let sale_id = extract::path_id(&sale, "sale")?;
+    let purchase_id = extract::path_id(&purchase, "purchase")?;
+    let found = state
+        .sales
+        .purchase_of(claims.user_id, sale_id, purchase_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such purchase"))?;
+    Ok(HttpResponse::Ok().json(PurchaseResponse::from(found)))
+}
+
+pub async fn list_purchases(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Reply {
+    let claims = signed_in(&state, &req)?;
+    let sale_id = extract::path_id(&path, "sale")?;
+    let purchases = state.sales.purchases_of(claims.user_id, sale_id).await?;
+    let body: Vec<PurchaseResponse> = purchases.into_iter().map(PurchaseResponse::from).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn join_waitlist(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Reply {
+    let claims = signed_in(&state, &req)?;
+    let sale_id = extract::path_id(&path, "sale")?;
+    let (position, joined) = state.sales.join_waitlist(claims.user_id, sale_id).await?;
+    let status = if joined {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(WaitlistResponse { position }))
+}
+
+pub async fn sale_audit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Reply {
+    extract::admin(&req, &state.auth)?;
+    let sale_id = extract::path_id(&path, "sale")?;
+    let audit = state.sales.audit(sale_id).await?;
+    Ok(HttpResponse::Ok().json(SaleAuditResponse::from(audit)))
 }

@@ -45,6 +45,7 @@ pub struct AppState {
     pub leadership: crate::leader::Leadership,
     pub limits: Arc<crate::limits::RateLimits>,
     pub trust_forwarded_for: bool,
+    pub sales: Arc<crate::sales::SalesService>,
 }
 
 /// Registers every route of API.md.
@@ -73,7 +74,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/admin/users/bulk").route(web::post().to(bulk_users)))
                 .service(resource("/admin/players").route(web::post().to(create_player)))
                 .service(resource("/admin/audit").route(web::get().to(audit)))
-                .service(resource("/admin/feed/events").route(web::post().to(push_event))),
+                .service(resource("/admin/feed/events").route(web::post().to(push_event)))
+                .service(resource("/admin/sales").route(web::post().to(create_sale)))
+                .service(resource("/admin/sales/{id}/audit").route(web::get().to(sale_audit)))
+                .service(resource("/sales").route(web::get().to(list_sales)))
+                .service(resource("/sales/{id}").route(web::get().to(get_sale)))
+                .service(
+                    resource("/sales/{id}/purchases")
+                        .route(web::post().to(purchase))
+                        .route(web::get().to(list_purchases)),
+                )
+                .service(
+                    resource("/sales/{id}/purchases/{purchase_id}")
+                        .route(web::get().to(get_purchase)),
+                )
+                .service(resource("/sales/{id}/waitlist").route(web::post().to(join_waitlist))),
         )
         .default_service(web::to(no_route));
 }

@@ -251,3 +251,108 @@ pub struct EventDuplicateResponse {
     pub applied: bool,
     pub duplicate: bool,
 }
+
+/// `POST /api/v1/admin/sales`.
+#[derive(Deserialize)]
+pub struct NewSaleRequest {
+    pub player_id: i64,
+    pub name: String,
+    pub total_units: i64,
+    pub unit_price_cents: i64,
+    #[serde(default)]
+    pub max_per_user: Option<i64>,
+    #[serde(default)]
+    pub starts_at: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SaleResponse {
+    pub sale_id: i64,
+    pub player_id: i64,
+    pub name: String,
+    pub total_units: i64,
+    pub remaining_units: i64,
+    pub unit_price_cents: i64,
+    pub max_per_user: Option<i64>,
+    pub status: &'static str,
+    pub starts_at: String,
+}
+
+impl From<crate::sales::Sale> for SaleResponse {
+    fn from(sale: crate::sales::Sale) -> SaleResponse {
+        SaleResponse {
+            sale_id: sale.info.id,
+            player_id: sale.info.player.0,
+            name: sale.info.name,
+            total_units: sale.info.total_units,
+            remaining_units: sale.remaining_units,
+            unit_price_cents: sale.info.unit_price.get(),
+            max_per_user: sale.info.max_per_user,
+            status: sale.status.as_str(),
+            starts_at: timestamp(sale.info.starts_at),
+        }
+    }
+}
+
+/// `POST /api/v1/sales/{id}/purchases`.
+#[derive(Deserialize)]
+pub struct PurchaseRequestBody {
+    pub quantity: i64,
+}
+
+#[derive(Serialize, Clone)]
+pub struct PurchaseResponse {
+    pub purchase_id: i64,
+    pub sale_id: i64,
+    pub quantity: i64,
+    pub status: &'static str,
+    pub failure_reason: Option<String>,
+    pub share_numbers: Option<Vec<i64>>,
+}
+
+impl From<crate::sales::Purchase> for PurchaseResponse {
+    fn from(purchase: crate::sales::Purchase) -> PurchaseResponse {
+        PurchaseResponse {
+            purchase_id: purchase.id,
+            sale_id: purchase.sale_id,
+            quantity: purchase.quantity,
+            status: purchase.status.as_str(),
+            failure_reason: purchase.failure_reason,
+            share_numbers: purchase.share_numbers,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct WaitlistResponse {
+    pub position: i64,
+}
+
+#[derive(Serialize)]
+pub struct SaleAuditResponse {
+    pub total_units: i64,
+    pub completed_units: i64,
+    pub held_units: i64,
+    pub reserved_units: i64,
+    pub remaining_units: i64,
+    pub inventory_counter: Option<i64>,
+    pub unit_mismatches: i64,
+    pub charge_mismatches: i64,
+    pub consistent: bool,
+}
+
+impl From<crate::sales::SaleAudit> for SaleAuditResponse {
+    fn from(audit: crate::sales::SaleAudit) -> SaleAuditResponse {
+        SaleAuditResponse {
+            consistent: audit.consistent(),
+            total_units: audit.total_units,
+            completed_units: audit.completed_units,
+            held_units: audit.held_units,
+            reserved_units: audit.reserved_units,
+            remaining_units: audit.remaining_units,
+            inventory_counter: audit.inventory_counter,
+            unit_mismatches: audit.unit_mismatches,
+            charge_mismatches: audit.charge_mismatches,
+        }
+    }
+}

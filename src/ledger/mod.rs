@@ -22,7 +22,9 @@ use crate::error::Unexpected;
 /// Posting functions for other modules' `pg.rs` files: each is one guarded
 /// SQL statement run on the caller's transaction.
 pub mod posting {
-    pub use super::pg::{balances, credit_from_market, debit_to_market, open_accounts};
+    pub use super::pg::{
+        balances, capture_holds, credit_from_market, debit_to_market, hold_cash, open_accounts,
+    };
 }
 
 /// The books at one instant, as `/api/v1/admin/audit` reports them.

@@ -158,3 +158,66 @@ pub async fn balances(
         .await?;
     Ok(row.map(|row| (Cents::new(row.get(0)), Cents::new(row.get(1)))))
 }
+
+/// Holds cash for each `(user, amount)` whose spendable cash (cash − held)
+/// covers it, guarded in the statement: returns the users whose hold was
+/// placed. Holding moves no money, so it writes no ledger entries; the
+/// users' `held_cents` shows it. Users must be distinct.
+pub async fn hold_cash(
+    tx: &Transaction<'_>,
+    holds: &[(UserId, Cents)],
+) -> Result<Vec<UserId>, tokio_postgres::Error> {
+    if holds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (users, amounts): (Vec<i64>, Vec<i64>) = holds
+        .iter()
+        .map(|(user, amount)| (user.0, amount.get()))
+        .unzip();
+    let rows = tx
+        .query(
+            "UPDATE users u SET held_cents = u.held_cents + h.amount
+               FROM unnest($1::bigint[], $2::bigint[]) AS h(user_id, amount)
+              WHERE u.id = h.user_id AND h.amount > 0
+                AND u.cash_cents - u.held_cents >= h.amount
+             RETURNING u.id",
+            &[&users, &amounts],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| UserId(row.get(0))).collect())
+}
+
+/// Captures holds placed by [`hold_cash`]: for each `(user, amount, txn)`,
+/// cash and held both fall by `amount` and the amount moves to the market
+/// (two entries under `txn`). Guarded: a user whose held cash is short is
+/// not touched. Returns how many captures were made; users must be distinct.
+pub async fn capture_holds(
+    tx: &Transaction<'_>,
+    captures: &[(UserId, Cents, String)],
+) -> Result<usize, tokio_postgres::Error> {
+    if captures.is_empty() {
+        return Ok(0);
+    }
+    let users: Vec<i64> = captures.iter().map(|c| c.0 .0).collect();
+    let amounts: Vec<i64> = captures.iter().map(|c| c.1.get()).collect();
+    let txns: Vec<&str> = captures.iter().map(|c| c.2.as_str()).collect();
+    let row = tx
+        .query_one(
+            "WITH capture AS (
+                 UPDATE users u SET cash_cents = u.cash_cents - c.amount,
+                                    held_cents = u.held_cents - c.amount
+                   FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(user_id, amount, txn)
+                  WHERE u.id = c.user_id AND c.amount > 0 AND u.held_cents >= c.amount
+                 RETURNING u.id, c.amount, c.txn
+             ), entries AS (
+                 INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
+                 SELECT capture.txn, e.account, CASE WHEN e.account = 'user' THEN capture.id END,
+                        e.sign * capture.amount
+                   FROM capture, (VALUES ('user', -1::bigint), ('market', 1::bigint)) AS e(account, sign)
+             )
+             SELECT count(*) FROM capture",
+            &[&users, &amounts, &txns],
+        )
+        .await?;
+    Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}

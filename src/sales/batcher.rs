@@ -1,0 +1,134 @@
+//! Makes reservations durable in batches: the first reservation to arrive
+//! waits up to `linger` for others (at most `batch_max`), then the whole
+//! batch is one Postgres transaction. A few batches run at once, so one slow
+//! commit does not stall the rush. Each request waits for its own outcome
+//! before its client hears anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::pg::PgSales;
+use crate::domain::{Cents, UserId};
+
+/// Batches in flight to Postgres at once.
+const CONCURRENT_BATCHES: usize = 4;
+
+/// A reservation Redis granted, on its way to Postgres.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub sale_id: i64,
+    pub generation: i64,
+    pub user: UserId,
+    pub quantity: i64,
+    pub amount: Cents,
+    pub numbers: Vec<i64>,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// What became of one reservation.
+#[derive(Debug)]
+pub enum Durable {
+    /// Recorded as this purchase.
+    Recorded(i64),
+    /// The sale's inventory was rebuilt since Redis granted it.
+    StaleGeneration,
+    /// The key already holds this request's outcome (Redis had forgotten).
+    Replay(serde_json::Value),
+    /// The key belongs to another request or endpoint.
+    KeyReused,
+    /// Some unit numbers are already sold: `free` lists the others.
+    UnitsTaken { free: Vec<i64> },
+    /// Postgres could not record it; `overloaded` when the pool was
+    /// exhausted (the client is asked to retry rather than shown a 500).
+    Failed { overloaded: bool, message: String },
+}
+
+impl Durable {
+    fn failed(message: &str) -> Durable {
+        Durable::Failed {
+            overloaded: false,
+            message: message.to_string(),
+        }
+    }
+}
+
+type Job = (Reservation, oneshot::Sender<Durable>);
+
+/// The handle requests submit through.
+pub struct Batcher {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    /// Starts the batching task; `capacity` bounds waiting reservations.
+    pub fn start(
+        store: Arc<PgSales>,
+        batch_max: usize,
+        linger: Duration,
+        capacity: usize,
+    ) -> Batcher {
+        let (queue, jobs) = mpsc::channel(capacity);
+        tokio::spawn(run(store, jobs, batch_max, linger));
+        Batcher { queue }
+    }
+
+    /// Queues a reservation and waits until it is durable (or refused).
+    pub async fn submit(&self, reservation: Reservation) -> Durable {
+        let (reply, outcome) = oneshot::channel();
+        if self.queue.send((reservation, reply)).await.is_err() {
+            return Durable::failed("the reservation batcher has stopped");
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Durable::failed("a reservation batch was lost"))
+    }
+}
+
+async fn run(
+    store: Arc<PgSales>,
+    mut jobs: mpsc::Receiver<Job>,
+    batch_max: usize,
+    linger: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_max {
+            match tokio::time::timeout_at(deadline, jobs.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (reservations, replies): (Vec<Reservation>, Vec<oneshot::Sender<Durable>>) =
+                batch.into_iter().unzip();
+            let outcomes = match store.record_reservations(&reservations).await {
+                Ok(outcomes) => outcomes,
+                Err(error) => {
+                    tracing::warn!(%error, size = reservations.len(), "a reservation batch failed");
+                    let overloaded = error.is_overload();
+                    let message = error.to_string();
+                    reservations
+                        .iter()
+                        .map(|_| Durable::Failed {
+                            overloaded,
+                            message: message.clone(),
+                        })
+                        .collect()
+                }
+            };
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+            drop(slot);
+        });
+    }
+}
