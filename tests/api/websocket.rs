@@ -245,7 +245,12 @@ async fn a_client_that_never_reads_is_closed_and_its_resources_released() {
     reader.expect("prices", SECOND).await;
     // The sleeper, when it finally reads, finds the server's 1013.
     let mut code = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the never-reading socket was not the one closed"
+        );
         match sleeper.read(Duration::from_secs(5)).await {
             WsRead::Json(_) => continue,
             WsRead::Closed(c) => {
