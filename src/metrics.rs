@@ -16,6 +16,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     http_seconds: HistogramVec,
     orders: IntCounterVec,
+    purchases: IntCounterVec,
     /// WebSocket connections open on this replica.
     pub ws_connections: IntGauge,
     /// 1 while this replica holds leadership (ticker, feed).
@@ -45,6 +46,11 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_seconds.clone()))?;
         registry.register(Box::new(orders.clone()))?;
+        let purchases = IntCounterVec::new(
+            Opts::new("purchases_total", "Drop purchase requests by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(purchases.clone()))?;
         let ws_connections = IntGauge::new("ws_connections", "Open WebSocket connections")?;
         let leader = IntGauge::new("leader", "1 while this replica is the leader")?;
         registry.register(Box::new(ws_connections.clone()))?;
@@ -54,6 +60,7 @@ impl Metrics {
             http_requests,
             http_seconds,
             orders,
+            purchases,
             ws_connections,
             leader,
         })
@@ -70,6 +77,24 @@ impl Metrics {
     }
 
     /// Counts an order by its outcome.
+    /// Counts one purchase request by what became of it.
+    pub fn count_purchase(&self, placed: &Result<crate::sales::Placed, crate::sales::SalesError>) {
+        use crate::sales::{Placed, PurchaseRejection, SalesError};
+        let outcome = match placed {
+            Ok(Placed::Reserved(_)) => "reserved",
+            Ok(Placed::Replayed(_)) => "replayed",
+            Ok(Placed::Rejected(PurchaseRejection::SoldOut)) => "sold_out",
+            Ok(Placed::Rejected(PurchaseRejection::NotOpen)) => "not_open",
+            Ok(Placed::Rejected(PurchaseRejection::LimitExceeded)) => "limit_exceeded",
+            Ok(Placed::Rejected(PurchaseRejection::UnknownSale)) => "not_found",
+            Err(SalesError::Overloaded { .. }) => "shed",
+            Err(SalesError::InProgress) => "in_progress",
+            Err(SalesError::KeyReused) => "key_reused",
+            Err(_) => "error",
+        };
+        self.purchases.with_label_values(&[outcome]).inc();
+    }
+
     pub fn count_order(&self, side: Side, placed: &Result<Placed, TradingError>) {
         let outcome = match placed {
             Ok(Placed { replayed: true, .. }) => "replayed",

@@ -510,7 +510,9 @@ pub async fn purchase(
         ),
         key,
     };
-    match state.sales.purchase(&request).await? {
+    let placed = state.sales.purchase(&request).await;
+    state.metrics.count_purchase(&placed);
+    match placed? {
         sales::Placed::Reserved(purchase) => {
             Ok(HttpResponse::Accepted().json(PurchaseResponse::from(purchase)))
         }

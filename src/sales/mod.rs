@@ -504,7 +504,7 @@ impl SalesService {
         let _permit = self.in_flight.try_acquire().ok_or_else(overloaded_error)?;
 
         for _ in 0..RESERVE_ATTEMPTS {
-            let reserved = self
+            let reserved = match self
                 .inventory
                 .reserve(
                     &entry.info,
@@ -514,10 +514,22 @@ impl SalesService {
                     &request.fingerprint,
                     Utc::now().timestamp_millis(),
                 )
-                .await?;
+                .await
+            {
+                Ok(reserved) => reserved,
+                // Without Redis nothing is reserved and nothing is charged:
+                // the client is asked to come back, not shown a 500.
+                Err(error) => {
+                    tracing::warn!(%error, "reservation script failed; shedding the purchase");
+                    return Err(overloaded_error());
+                }
+            };
             let (generation, numbers) = match reserved {
                 Reserve::Missing => {
-                    self.recovery.ensure(&entry.info).await?;
+                    if let Err(error) = self.recovery.ensure(&entry.info).await {
+                        tracing::warn!(%error, "rebuilding a sale's inventory failed");
+                        return Err(overloaded_error());
+                    }
                     continue;
                 }
                 Reserve::Duplicate => return self.replay(request).await,

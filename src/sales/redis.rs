@@ -9,8 +9,8 @@
 //! - `sale:{id}:{gen}:next`: the next never-sold unit number (from 1).
 //! - `sale:{id}:{gen}:free`: a list of unit numbers given back.
 //! - `sale:{id}:{gen}:users`: a hash of each buyer's live (not failed) units.
-//! - `purchase-key:{user}:{key}`: the fingerprint of a purchase already
-//!   reserved under that idempotency key (24 h).
+//! - `purchase-key:{user}:{key}`: the fingerprint of a purchase reserved
+//!   under that idempotency key, for 30 s (Postgres keeps it after that).
 //!
 //! Remaining units are `LLEN free + total − next + 1`. Every change also
 //! publishes an update on [`UPDATES_CHANNEL`] from inside its script, so
@@ -28,8 +28,11 @@ use crate::domain::UserId;
 
 /// Bus channel of inventory updates (JSON, see [`super::book::Update`]).
 pub const UPDATES_CHANNEL: &str = "sales:updates";
-/// How long a purchase's idempotency key is remembered in Redis.
-const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long Redis remembers a purchase's idempotency key: long enough to
+/// cover the reservation's way to Postgres (which remembers it for good),
+/// short enough that a key whose replica died on the way is not "in
+/// progress" for long. A retry after this goes through Postgres' record.
+const KEY_TTL: Duration = Duration::from_secs(30);
 
 /// KEYS: meta, purchase key, channel. ARGV: sale key base (`…sale:{id}:`),
 /// user, quantity, fingerprint, now (ms), key TTL (s), sale id.
