@@ -7,7 +7,7 @@ use matchday::startup::Application;
 use matchday::{db, loadgen, telemetry};
 
 const USAGE: &str = "usage: matchday [serve | migrate | help
-                 | loadgen orders|ws|ws-baseline|http|http-baseline [options]]
+                 | loadgen orders|ws|ws-baseline|http|http-baseline|drop [options]]
 
   serve     run the exchange (default)
   migrate   apply database migrations and exit

@@ -12,9 +12,11 @@
 //!
 //! `http`: plain GET load with latency percentiles; `http-baseline`: a bare
 //! actix-web server with one trivial route to measure the machine with it
-//! (see [`http`]).
+//! (see [`http`]). `drop`: a flash sale driven through the public API, with
+//! a correctness check of the outcome (see [`drop`]).
 
 pub mod baseline;
+pub mod drop;
 pub mod http;
 pub mod ws;
 
@@ -33,6 +35,8 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
        matchday loadgen ws-baseline [options]  (see `matchday loadgen ws-baseline --help`)
        matchday loadgen http --url URL [options] (see `matchday loadgen http --help`)
        matchday loadgen http-baseline [options] (see `matchday loadgen http-baseline --help`)
+       matchday loadgen drop --url URL --admin-token T --units U --buyers B [options]
+                                               (see `matchday loadgen drop --help`)
 
 orders: creates users and players through the admin API, then places random
 orders with N requests in flight and prints orders/s and latency percentiles.
@@ -46,7 +50,11 @@ to compare the real server's fan-out against.
 
 http: GET requests with N in flight for a duration; prints requests/s, latency
 percentiles and status counts. http-baseline: a bare actix-web server with one
-trivial route (GET /healthz) to measure the machine with the same tool.";
+trivial route (GET /healthz) to measure the machine with the same tool.
+
+drop: runs a flash sale through the public API (users, sale, one purchase per
+buyer all at once), then prints requests/s, latency, time to sold out and to
+settled, and PASS/FAIL correctness checks; exits non-zero on any FAIL.";
 
 struct Options {
     url: String,
@@ -122,6 +130,11 @@ pub async fn main(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("http-baseline") => http::baseline(&args[1..]).await,
+        Some("drop") if wants_help(&args[1..]) => {
+            println!("{}", drop::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("drop") => drop::main(&args[1..]).await,
         _ => {
             println!("{HELP}");
             ExitCode::from(2)
