@@ -56,6 +56,9 @@ const SETTLE_POLL: Duration = Duration::from_millis(100);
 const MAX_ATTEMPTS: u32 = 100;
 /// Wait before retrying a 429 that names no delay.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Longest a setup, audit or verification call may take (one bulk call
+/// creates up to 10,000 users).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a sale created without `starts_at` may stay `scheduled`.
 const OPEN_WAIT: Duration = Duration::from_secs(30);
 
@@ -485,7 +488,10 @@ impl Api {
         body: Option<&Value>,
         expect: u16,
     ) -> Result<Value, String> {
-        let mut request = self.client.request(method.clone(), self.url(path));
+        let mut request = self
+            .client
+            .request(method.clone(), self.url(path))
+            .timeout(CALL_TIMEOUT);
         if let Some(authorization) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
@@ -816,17 +822,27 @@ async fn run(options: Options) -> Result<bool, String> {
     // Settlement.
     let audit_path = format!("/admin/sales/{sale_id}/audit");
     let settle_deadline = Instant::now() + options.settle_timeout;
-    let (sale_audit, settled_at) = loop {
-        let audit: SaleAudit = serde_json::from_value(api.admin_get(&audit_path).await?)
-            .map_err(|e| format!("sale audit: {e}"))?;
-        if audit.reserved_units + audit.held_units == 0 {
-            break (audit, Some(started.elapsed()));
+    let mut last_audit = None;
+    let settled_at = loop {
+        let polled = api.admin_get(&audit_path).await.and_then(|audit| {
+            serde_json::from_value::<SaleAudit>(audit).map_err(|e| format!("sale audit: {e}"))
+        });
+        match polled {
+            Ok(audit) => {
+                let settled = audit.reserved_units + audit.held_units == 0;
+                last_audit = Some(audit);
+                if settled {
+                    break Some(started.elapsed());
+                }
+            }
+            Err(error) => eprintln!("loadgen drop: {error} (polling on)"),
         }
         if Instant::now() >= settle_deadline {
-            break (audit, None);
+            break None;
         }
         tokio::time::sleep(SETTLE_POLL).await;
     };
+    let sale_audit = last_audit.ok_or("the sale audit never answered")?;
     match settled_at {
         Some(at) => println!(
             "settled: every purchase completed or failed {} ms after the start",
