@@ -801,7 +801,7 @@ async fn run(options: Options) -> Result<bool, String> {
             .join(" ")
     );
     println!(
-        "answers (per buyer): {}; 429s retried: {rate_limited}",
+        "answers (per buyer): {}; 429 answers (each retried): {rate_limited}",
         answers
             .iter()
             .map(|(a, n)| format!("{a}={n}"))

@@ -33,10 +33,9 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
                                [--players N] [--concurrency N] [--duration SECONDS]
        matchday loadgen ws [options]           (see `matchday loadgen ws --help`)
        matchday loadgen ws-baseline [options]  (see `matchday loadgen ws-baseline --help`)
-       matchday loadgen http --url URL [options] (see `matchday loadgen http --help`)
+       matchday loadgen http [options]         (see `matchday loadgen http --help`)
        matchday loadgen http-baseline [options] (see `matchday loadgen http-baseline --help`)
-       matchday loadgen drop --url URL --admin-token T --units U --buyers B [options]
-                                               (see `matchday loadgen drop --help`)
+       matchday loadgen drop [options]         (see `matchday loadgen drop --help`)
 
 orders: creates users and players through the admin API, then places random
 orders with N requests in flight and prints orders/s and latency percentiles.
