@@ -6,8 +6,8 @@ use matchday::config::Settings;
 use matchday::startup::Application;
 use matchday::{db, loadgen, telemetry};
 
-const USAGE: &str =
-    "usage: matchday [serve | migrate | loadgen orders|ws|ws-baseline [options] | help]
+const USAGE: &str = "usage: matchday [serve | migrate | help
+                 | loadgen orders|ws|ws-baseline|http|http-baseline|drop [options]]
 
   serve     run the exchange (default)
   migrate   apply database migrations and exit

@@ -9,8 +9,15 @@
 //! `ws`: opens many WebSocket subscribers and measures price fan-out
 //! (see [`ws`]). `ws-baseline`: a bare actix-ws broadcast server speaking
 //! the same protocol, to compare the real server against (see [`baseline`]).
+//!
+//! `http`: plain GET load with latency percentiles; `http-baseline`: a bare
+//! actix-web server with one trivial route to measure the machine with it
+//! (see [`http`]). `drop`: a flash sale driven through the public API, with
+//! a correctness check of the outcome (see [`drop`]).
 
 pub mod baseline;
+pub mod drop;
+pub mod http;
 pub mod ws;
 
 use std::collections::BTreeMap;
@@ -26,6 +33,9 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
                                [--players N] [--concurrency N] [--duration SECONDS]
        matchday loadgen ws [options]           (see `matchday loadgen ws --help`)
        matchday loadgen ws-baseline [options]  (see `matchday loadgen ws-baseline --help`)
+       matchday loadgen http [options]         (see `matchday loadgen http --help`)
+       matchday loadgen http-baseline [options] (see `matchday loadgen http-baseline --help`)
+       matchday loadgen drop [options]         (see `matchday loadgen drop --help`)
 
 orders: creates users and players through the admin API, then places random
 orders with N requests in flight and prints orders/s and latency percentiles.
@@ -35,7 +45,15 @@ addresses) and prints frames/s, tick latency, seq-order violations, error and
 close frames, and the servers' RSS per socket.
 
 ws-baseline: a bare actix-ws broadcast server speaking the same /ws protocol,
-to compare the real server's fan-out against.";
+to compare the real server's fan-out against.
+
+http: GET requests with N in flight for a duration; prints requests/s, latency
+percentiles and status counts. http-baseline: a bare actix-web server with one
+trivial route (GET /healthz) to measure the machine with the same tool.
+
+drop: runs a flash sale through the public API (users, sale, one purchase per
+buyer all at once), then prints requests/s, latency, time to sold out and to
+settled, and PASS/FAIL correctness checks; exits non-zero on any FAIL.";
 
 struct Options {
     url: String,
@@ -101,6 +119,21 @@ pub async fn main(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("ws-baseline") => baseline::main(&args[1..]).await,
+        Some("http") if wants_help(&args[1..]) => {
+            println!("{}", http::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("http") => http::main(&args[1..]).await,
+        Some("http-baseline") if wants_help(&args[1..]) => {
+            println!("{}", http::BASELINE_HELP);
+            ExitCode::SUCCESS
+        }
+        Some("http-baseline") => http::baseline(&args[1..]).await,
+        Some("drop") if wants_help(&args[1..]) => {
+            println!("{}", drop::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("drop") => drop::main(&args[1..]).await,
         _ => {
             println!("{HELP}");
             ExitCode::from(2)
