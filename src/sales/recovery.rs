@@ -135,8 +135,9 @@ impl Recovery {
     }
 }
 
-/// Every `interval`: each replica refreshes its sales' states (a scheduled
-/// sale opening), and the leader reconciles every sale's inventory.
+/// Every `interval`: each replica refreshes its sales' counts from Redis and
+/// their states (a scheduled sale opening), and the leader reconciles every
+/// sale's inventory with Postgres.
 pub async fn reconcile_loop(
     service: Arc<SalesService>,
     leadership: Leadership,
@@ -151,6 +152,19 @@ pub async fn reconcile_loop(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = every.tick() => {}
+        }
+        // Every replica re-reads each sale's count, so a lost update (the
+        // subscriber was reconnecting) leaves its book stale for at most an
+        // interval.
+        for entry in recovery.book.entries() {
+            if let Ok(Some(state)) = recovery.inventory.state(entry.info.id).await {
+                recovery.book.observe(
+                    entry.info.id,
+                    (state.generation, state.seq),
+                    state.remaining,
+                    &[],
+                );
+            }
         }
         recovery.book.refresh();
         if !leadership.is_leader() {
