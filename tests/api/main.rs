@@ -10,5 +10,6 @@ mod idempotency;
 mod leadership;
 mod players;
 mod replay;
+mod sales;
 mod trading;
 mod websocket;
