@@ -366,13 +366,8 @@ async fn registrations_and_logins_are_limited_per_client_ip() {
     }
     // Registrations hash passwords, so on a busy machine they can take long
     // enough to earn a token back; several logins at once cannot all fit.
-    let logins = (0..6).map(|_| {
-        app.post_json(
-            "/api/v1/auth/login",
-            None,
-            &json!({"username": "ipuser0", "password": PASSWORD}),
-        )
-    });
+    let body = json!({"username": "ipuser0", "password": PASSWORD});
+    let logins = (0..6).map(|_| app.post_json("/api/v1/auth/login", None, &body));
     let mut limited = None;
     for response in futures_util::future::join_all(logins).await {
         if response.status() == StatusCode::TOO_MANY_REQUESTS {

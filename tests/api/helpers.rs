@@ -614,27 +614,8 @@ async fn redis_pings(port: u16) -> bool {
     )
 }
 
-/// Runs only the HOLD step of settlement (reserved → held, cash held) for up
-/// to `max` purchases on `database_url`, as a settlement worker killed
-/// between HOLD and CAPTURE would leave them; returns how many it held.
-///
-/// WIRE-UP: the library hook `matchday::sales::testing::hold_only` is being
-/// written alongside the drops feature and does not exist on this branch yet,
-/// so this cannot call it without breaking the build. When it lands, the
-/// body becomes:
-///
-/// ```ignore
-/// let url = database_url.to_string();
-/// tokio::task::spawn_blocking(move || matchday::sales::testing::hold_only(&url, max))
-///     .await
-///     .expect("hold_only")
-/// ```
-///
-/// (or `matchday::sales::testing::hold_only(database_url, max).await` if the
-/// hook is async).
+/// Runs only the HOLD step of settlement on the app's database, as a worker
+/// stopped between HOLD and CAPTURE leaves it.
 pub async fn hold_only(database_url: &str, max: usize) -> usize {
-    panic!(
-        "hold_only({database_url}, {max}): wire tests/api/helpers.rs::hold_only \
-         to matchday::sales::testing::hold_only"
-    )
+    matchday::sales::testing::hold_only(database_url, max).await
 }
