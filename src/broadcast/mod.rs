@@ -575,10 +575,12 @@ impl PriceSink for BusPublisher {
     }
 }
 
-#[async_trait]
-impl FillNotifier for BusPublisher {
-    async fn order_filled(&self, user: UserId, fill: &Fill) {
-        let Ok(message) = serde_json::to_string(&messages::OrderMessage::from(fill)) else {
+impl BusPublisher {
+    /// Queues a message for `user`'s sockets on every replica; when the
+    /// queue is full the message is dropped with a warning rather than
+    /// slowing the caller down.
+    fn push_to_user(&self, user: UserId, message: impl serde::Serialize, what: &str) {
+        let Ok(message) = serde_json::to_string(&message) else {
             return;
         };
         if self
@@ -588,28 +590,24 @@ impl FillNotifier for BusPublisher {
         {
             tracing::warn!(
                 user_id = user.0,
-                "user message queue full; fill not pushed to sockets"
+                what,
+                "user message queue full; not pushed to sockets"
             );
         }
     }
 }
 
 #[async_trait]
+impl FillNotifier for BusPublisher {
+    async fn order_filled(&self, user: UserId, fill: &Fill) {
+        self.push_to_user(user, messages::OrderMessage::from(fill), "fill");
+    }
+}
+
+#[async_trait]
 impl PurchaseNotifier for BusPublisher {
     async fn purchase_changed(&self, user: UserId, purchase: &Purchase) {
-        let Ok(message) = serde_json::to_string(&messages::PurchaseMessage::from(purchase)) else {
-            return;
-        };
-        if self
-            .user_messages
-            .try_send(format!("{}|{}", user.0, message))
-            .is_err()
-        {
-            tracing::warn!(
-                user_id = user.0,
-                "user message queue full; purchase not pushed to sockets"
-            );
-        }
+        self.push_to_user(user, messages::PurchaseMessage::from(purchase), "purchase");
     }
 }
 

@@ -110,7 +110,14 @@ async fn run(
         tokio::spawn(async move {
             let (reservations, replies): (Vec<Reservation>, Vec<oneshot::Sender<Durable>>) =
                 batch.into_iter().unzip();
-            let outcomes = match store.record_reservations(&reservations).await {
+            let started = std::time::Instant::now();
+            let recorded = store.record_reservations(&reservations).await;
+            tracing::debug!(
+                size = reservations.len(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "reservation batch"
+            );
+            let outcomes = match recorded {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
                     tracing::warn!(%error, size = reservations.len(), "a reservation batch failed");
