@@ -59,7 +59,10 @@ pub async fn claim(
     })
 }
 
-/// Remembers the outcome of a [`Claim::Fresh`] request.
+/// Remembers the outcome of a [`Claim::Fresh`] request. Returns false when
+/// the key was taken meanwhile by a writer that does not claim keys this way
+/// (drops record purchase keys in batches): the caller must roll back and
+/// answer that the key was reused.
 pub async fn record(
     tx: &Transaction<'_>,
     user: UserId,
@@ -67,14 +70,16 @@ pub async fn record(
     endpoint: &str,
     fingerprint: &str,
     outcome: &serde_json::Value,
-) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "INSERT INTO idempotency_keys (user_id, key, endpoint, fingerprint, outcome)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&user.0, &key.as_str(), &endpoint, &fingerprint, outcome],
-    )
-    .await?;
-    Ok(())
+) -> Result<bool, tokio_postgres::Error> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO idempotency_keys (user_id, key, endpoint, fingerprint, outcome)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            &[&user.0, &key.as_str(), &endpoint, &fingerprint, outcome],
+        )
+        .await?;
+    Ok(inserted == 1)
 }
 
 /// Forgets keys older than `retention_hours`; returns how many.

@@ -189,8 +189,9 @@ pub async fn hold_cash(
 
 /// Captures holds placed by [`hold_cash`]: for each `(user, amount, txn)`,
 /// cash and held both fall by `amount` and the amount moves to the market
-/// (two entries under `txn`). Guarded: a user whose held cash is short is
-/// not touched. Returns how many captures were made; users must be distinct.
+/// (two entries under `txn`). A user may appear more than once (their
+/// amounts are captured together). Guarded: a user whose held cash is short
+/// of their total is not touched. Returns how many captures were made.
 pub async fn capture_holds(
     tx: &Transaction<'_>,
     captures: &[(UserId, Cents, String)],
@@ -203,19 +204,26 @@ pub async fn capture_holds(
     let txns: Vec<&str> = captures.iter().map(|c| c.2.as_str()).collect();
     let row = tx
         .query_one(
-            "WITH capture AS (
-                 UPDATE users u SET cash_cents = u.cash_cents - c.amount,
-                                    held_cents = u.held_cents - c.amount
-                   FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS c(user_id, amount, txn)
-                  WHERE u.id = c.user_id AND c.amount > 0 AND u.held_cents >= c.amount
-                 RETURNING u.id, c.amount, c.txn
+            "WITH c AS (
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])
+                               AS c(user_id, amount, txn)
+                  WHERE amount > 0
+             ), per_user AS (
+                 SELECT user_id, sum(amount)::bigint AS amount FROM c GROUP BY user_id
+             ), capture AS (
+                 UPDATE users u SET cash_cents = u.cash_cents - p.amount,
+                                    held_cents = u.held_cents - p.amount
+                   FROM per_user p
+                  WHERE u.id = p.user_id AND u.held_cents >= p.amount
+                 RETURNING u.id
              ), entries AS (
                  INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
-                 SELECT capture.txn, e.account, CASE WHEN e.account = 'user' THEN capture.id END,
-                        e.sign * capture.amount
-                   FROM capture, (VALUES ('user', -1::bigint), ('market', 1::bigint)) AS e(account, sign)
+                 SELECT c.txn, e.account, CASE WHEN e.account = 'user' THEN c.user_id END,
+                        e.sign * c.amount
+                   FROM c JOIN capture ON capture.id = c.user_id,
+                        (VALUES ('user', -1::bigint), ('market', 1::bigint)) AS e(account, sign)
              )
-             SELECT count(*) FROM capture",
+             SELECT count(*) FROM c JOIN capture ON capture.id = c.user_id",
             &[&users, &amounts, &txns],
         )
         .await?;

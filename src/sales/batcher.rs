@@ -39,6 +39,8 @@ pub enum Durable {
     Replay(serde_json::Value),
     /// The key belongs to another request or endpoint.
     KeyReused,
+    /// Postgres counts the user at `max_per_user` already.
+    LimitExceeded,
     /// Some unit numbers are already sold: `free` lists the others.
     UnitsTaken { free: Vec<i64> },
     /// Postgres could not record it; `overloaded` when the pool was

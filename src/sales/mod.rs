@@ -496,7 +496,9 @@ impl SalesService {
             return Ok(Placed::Rejected(PurchaseRejection::NotOpen));
         }
         if entry.info.max_per_user.is_some_and(|max| quantity > max) {
-            return Ok(Placed::Rejected(PurchaseRejection::LimitExceeded));
+            return self
+                .rejected(request, PurchaseRejection::LimitExceeded)
+                .await;
         }
         if entry.sold_out_for(request.user) {
             return Ok(Placed::Rejected(PurchaseRejection::SoldOut));
@@ -534,13 +536,17 @@ impl SalesService {
                 }
                 Reserve::Duplicate => return self.replay(request).await,
                 Reserve::KeyReused => return Err(SalesError::KeyReused),
-                Reserve::NotOpen => return Ok(Placed::Rejected(PurchaseRejection::NotOpen)),
+                Reserve::NotOpen => {
+                    return self.rejected(request, PurchaseRejection::NotOpen).await
+                }
                 Reserve::LimitExceeded => {
-                    return Ok(Placed::Rejected(PurchaseRejection::LimitExceeded))
+                    return self
+                        .rejected(request, PurchaseRejection::LimitExceeded)
+                        .await
                 }
                 Reserve::SoldOut { version, remaining } => {
                     self.book.observe(entry.info.id, version, remaining, &[]);
-                    return Ok(Placed::Rejected(PurchaseRejection::SoldOut));
+                    return self.rejected(request, PurchaseRejection::SoldOut).await;
                 }
                 Reserve::Reserved {
                     version,
@@ -616,11 +622,20 @@ impl SalesService {
                 if let Err(error) = self.inventory.forget_key(user, key).await {
                     tracing::warn!(%error, "forgetting a refused purchase key failed");
                 }
+                // Usually a rebuild just happened and this is a no-op; if
+                // Redis holds a generation Postgres does not, this repairs it.
+                self.recovery.rebuild_soon(info.clone(), generation);
                 Ok(None)
             }
             Durable::Replay(stored) => {
                 give_back(numbers, false).await;
                 Ok(Some(Placed::Replayed(stored)))
+            }
+            Durable::LimitExceeded => {
+                // Redis' count was behind Postgres': rebuild it.
+                give_back(numbers, true).await;
+                self.recovery.rebuild_soon(info.clone(), generation);
+                Ok(Some(Placed::Rejected(PurchaseRejection::LimitExceeded)))
             }
             Durable::KeyReused => {
                 give_back(numbers, true).await;
@@ -645,6 +660,40 @@ impl SalesService {
                 Err(SalesError::Unexpected(Unexpected::msg(message)))
             }
         }
+    }
+
+    /// A business refusal, unless the key already holds an answer: Redis
+    /// remembers keys only briefly, so a late retry of a reserved purchase
+    /// would otherwise be refused by the rules instead of replayed (and a
+    /// key used with another body would not be told apart).
+    async fn rejected(
+        &self,
+        request: &PurchaseRequest,
+        rejection: PurchaseRejection,
+    ) -> Result<Placed, SalesError> {
+        match self
+            .store
+            .stored_outcome(request.user, request.key.as_str())
+            .await?
+        {
+            Some((endpoint, fingerprint, outcome))
+                if endpoint == PURCHASES_ENDPOINT && fingerprint == request.fingerprint =>
+            {
+                Ok(Placed::Replayed(outcome))
+            }
+            Some(_) => Err(SalesError::KeyReused),
+            None => Ok(Placed::Rejected(rejection)),
+        }
+    }
+
+    /// Sales created on another replica whose announcement this one missed.
+    pub async fn load_missing(&self) -> Result<(), Unexpected> {
+        for id in self.store.sale_ids().await? {
+            if self.book.entry(id).is_none() {
+                self.known(id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The stored answer to an earlier request with this key, or "still in

@@ -19,8 +19,12 @@ use crate::ledger::posting;
 /// Advisory lock class of a sale's waitlist (see `players::gate` for the
 /// trade gate's class): joins of one sale take positions one at a time.
 const WAITLIST_LOCK_CLASS: i32 = 0x4d45;
-/// Waitlisted users looked at per failed purchase, at most.
-const WAITLIST_SCAN: i64 = 1_000;
+/// Advisory lock class of one buyer in one sale: `max_per_user` is checked
+/// under it in Postgres.
+const BUYER_LOCK_CLASS: i32 = 0x4d46;
+/// Waitlisted users looked at per failed purchase beyond twice its units
+/// (some may already be at their limit).
+const WAITLIST_SCAN: i64 = 16;
 /// Why a purchase failed for want of cash.
 pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
 
@@ -150,6 +154,13 @@ impl PgSales {
         Ok(rows.iter().map(sale_info).collect())
     }
 
+    /// Every sale's id.
+    pub async fn sale_ids(&self) -> Result<Vec<i64>, Unexpected> {
+        let client = self.pool.get().await?;
+        let rows = client.query("SELECT id FROM sales", &[]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Everyone who ever held a purchase in the sale.
     pub async fn buyers(&self, sale: i64) -> Result<Vec<i64>, Unexpected> {
         let client = self.pool.get().await?;
@@ -203,14 +214,20 @@ impl PgSales {
         let mut sale_ids: Vec<i64> = batch.iter().map(|r| r.sale_id).collect();
         sale_ids.sort_unstable();
         sale_ids.dedup();
-        let generations: HashMap<i64, i64> = tx
+        let sale_rows = tx
             .query(
-                "SELECT id, generation FROM sales WHERE id = ANY($1) ORDER BY id FOR SHARE",
+                "SELECT id, generation, max_per_user FROM sales WHERE id = ANY($1)
+                  ORDER BY id FOR SHARE",
                 &[&sale_ids],
             )
-            .await?
+            .await?;
+        let generations: HashMap<i64, i64> = sale_rows
             .iter()
             .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let limits: HashMap<i64, i64> = sale_rows
+            .iter()
+            .filter_map(|row| row.get::<_, Option<i64>>(2).map(|max| (row.get(0), max)))
             .collect();
         let mut live: Vec<usize> = Vec::with_capacity(batch.len());
         for (i, reservation) in batch.iter().enumerate() {
@@ -309,6 +326,10 @@ impl PgSales {
             }
         }
 
+        let fresh = self
+            .within_limits(&tx, batch, fresh, &limits, &mut outcomes)
+            .await?;
+
         let ids: Vec<i64> = fresh.iter().map(|i| purchase_of[i]).collect();
         let sales: Vec<i64> = fresh.iter().map(|&i| batch[i].sale_id).collect();
         let users: Vec<i64> = fresh.iter().map(|&i| batch[i].user.0).collect();
@@ -390,6 +411,86 @@ impl PgSales {
                 })
             })
             .collect())
+    }
+
+    /// Postgres' own check of `max_per_user` (Redis checks first, but its
+    /// counts can be behind after a restart): under a per-(sale, user) lock,
+    /// the user's live units plus this batch's must fit. Reservations that
+    /// do not are refused (their keys forgotten); returns the rest.
+    async fn within_limits(
+        &self,
+        tx: &Transaction<'_>,
+        batch: &[Reservation],
+        fresh: Vec<usize>,
+        limits: &HashMap<i64, i64>,
+        outcomes: &mut [Option<Durable>],
+    ) -> Result<Vec<usize>, Unexpected> {
+        let limited: Vec<usize> = fresh
+            .iter()
+            .copied()
+            .filter(|&i| limits.contains_key(&batch[i].sale_id))
+            .collect();
+        if limited.is_empty() {
+            return Ok(fresh);
+        }
+        let sales: Vec<i64> = limited.iter().map(|&i| batch[i].sale_id).collect();
+        let users: Vec<i64> = limited.iter().map(|&i| batch[i].user.0).collect();
+        let owned: HashMap<(i64, i64), i64> = tx
+            .query(
+                "WITH pairs AS (
+                     SELECT DISTINCT sale_id, user_id FROM unnest($1::bigint[], $2::bigint[])
+                                                         AS p(sale_id, user_id)
+                 ), locked AS (
+                     SELECT pg_advisory_xact_lock($3, hashtext(sale_id || ':' || user_id))
+                       FROM pairs ORDER BY hashtext(sale_id || ':' || user_id)
+                 )
+                 SELECT p.sale_id, p.user_id,
+                        (SELECT coalesce(sum(quantity), 0)::bigint FROM purchases
+                          WHERE sale_id = p.sale_id AND user_id = p.user_id
+                            AND status <> 'failed')
+                   FROM pairs p, (SELECT count(*) FROM locked) l",
+                &[&sales, &users, &BUYER_LOCK_CLASS],
+            )
+            .await?
+            .iter()
+            .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+            .collect();
+        let mut running = owned;
+        let mut kept = Vec::with_capacity(fresh.len());
+        let mut refused_users = Vec::new();
+        let mut refused_keys = Vec::new();
+        for i in fresh {
+            let reservation = &batch[i];
+            let Some(&max) = limits.get(&reservation.sale_id) else {
+                kept.push(i);
+                continue;
+            };
+            let units = running
+                .entry((reservation.sale_id, reservation.user.0))
+                .or_insert(0);
+            if *units + reservation.quantity <= max {
+                *units += reservation.quantity;
+                kept.push(i);
+            } else {
+                outcomes[i] = Some(Durable::LimitExceeded);
+                refused_users.push(reservation.user.0);
+                refused_keys.push(reservation.key.as_str());
+            }
+        }
+        if !refused_keys.is_empty() {
+            tracing::warn!(
+                count = refused_keys.len(),
+                "reservations over max_per_user refused by postgres"
+            );
+            tx.execute(
+                "DELETE FROM idempotency_keys i
+                  USING unnest($1::bigint[], $2::text[]) AS k(user_id, key)
+                  WHERE i.user_id = k.user_id AND i.key = k.key",
+                &[&refused_users, &refused_keys],
+            )
+            .await?;
+        }
+        Ok(kept)
     }
 
     /// What `idempotency_keys` holds for a key: endpoint, fingerprint and
@@ -646,7 +747,11 @@ impl PgSales {
             posting::hold_cash(&tx, &holds).await?.into_iter().collect();
         let mut outcome = HoldOutcome::default();
         let mut held_ids = Vec::new();
-        for row in &rows {
+        // Failures lock their sale's waitlist rows: in sale order, so two
+        // workers failing purchases of the same sales cannot deadlock.
+        let mut rows: Vec<&Row> = rows.iter().collect();
+        rows.sort_by_key(|row| (row.get::<_, i64>(2), row.get::<_, i64>(0)));
+        for row in rows {
             let user = UserId(row.get(1));
             let purchase = Purchase {
                 id: row.get(0),
@@ -718,9 +823,14 @@ impl PgSales {
         let players: Vec<i64> = rows.iter().map(|row| row.get(5)).collect();
         let quantities: Vec<i64> = rows.iter().map(|row| row.get(3)).collect();
         let amounts: Vec<i64> = rows.iter().map(|row| row.get(4)).collect();
+        // Grouped: one user may have more than one purchase here (their
+        // reservations can commit out of id order, and so be held apart).
         tx.execute(
             "INSERT INTO holdings (user_id, player_id, quantity, cost_cents)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+             SELECT user_id, player_id, sum(quantity)::bigint, sum(cost)::bigint
+               FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+                    AS h(user_id, player_id, quantity, cost)
+              GROUP BY user_id, player_id
              ON CONFLICT (user_id, player_id) DO UPDATE
                 SET quantity = holdings.quantity + EXCLUDED.quantity,
                     cost_cents = holdings.cost_cents + EXCLUDED.cost_cents",
@@ -816,24 +926,38 @@ async fn fail(
     if !units.is_empty() {
         let waiting = tx
             .query(
-                "SELECT w.user_id,
-                        (SELECT coalesce(sum(p.quantity), 0)::bigint FROM purchases p
-                          WHERE p.sale_id = w.sale_id AND p.user_id = w.user_id
-                            AND p.status <> 'failed')
+                "SELECT w.user_id
                    FROM sale_waitlist w
                   WHERE w.sale_id = $1 AND w.purchase_id IS NULL AND w.user_id <> $2
                   ORDER BY w.position
                   LIMIT $3
                     FOR UPDATE OF w",
-                &[&purchase.sale_id, &user.0, &WAITLIST_SCAN],
+                &[
+                    &purchase.sale_id,
+                    &user.0,
+                    &(units.len() as i64 * 2 + WAITLIST_SCAN),
+                ],
             )
             .await?;
         for row in waiting {
             let Some(&number) = units.first() else { break };
             let waiter = UserId(row.get(0));
-            let owned: i64 = row.get(1);
-            if max_per_user.is_some_and(|max| owned + 1 > max) {
-                continue;
+            if let Some(max) = max_per_user {
+                // The same lock reservation batches check the limit under;
+                // a try-lock, so this can never deadlock with a batch (a
+                // waiter whose lock is busy is skipped this time).
+                let owned = tx
+                    .query_one(
+                        "SELECT pg_try_advisory_xact_lock($3, hashtext($1::bigint || ':' || $2::bigint)),
+                                (SELECT coalesce(sum(quantity), 0)::bigint FROM purchases
+                                  WHERE sale_id = $1 AND user_id = $2 AND status <> 'failed')",
+                        &[&purchase.sale_id, &waiter.0, &BUYER_LOCK_CLASS],
+                    )
+                    .await?;
+                let locked: bool = owned.get(0);
+                if !locked || owned.get::<_, i64>(1) + 1 > max {
+                    continue;
+                }
             }
             let id: i64 = tx
                 .query_one(

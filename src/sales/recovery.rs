@@ -153,6 +153,9 @@ pub async fn reconcile_loop(
             _ = shutdown.changed() => return,
             _ = every.tick() => {}
         }
+        if let Err(error) = service.load_missing().await {
+            tracing::warn!(%error, "loading sales created elsewhere failed");
+        }
         // Every replica re-reads each sale's count, so a lost update (the
         // subscriber was reconnecting) leaves its book stale for at most an
         // interval.

@@ -95,7 +95,7 @@ async fn finish(
     outcome: Result<Fill, Rejection>,
 ) -> Result<Placed, TradingError> {
     let stored = encode(&outcome)?;
-    idempotency::pg::record(
+    let recorded = idempotency::pg::record(
         &tx,
         order.user,
         &order.key,
@@ -105,6 +105,10 @@ async fn finish(
     )
     .await
     .map_err(unexpected)?;
+    if !recorded {
+        tx.rollback().await.map_err(unexpected)?;
+        return Err(TradingError::KeyReused);
+    }
     tx.commit().await.map_err(unexpected)?;
     Ok(Placed {
         outcome,

@@ -1284,3 +1284,107 @@ async fn sale_updates_are_conflated_and_the_latest_state_arrives() {
         seen.len()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Regressions found in review
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_retry_after_redis_forgot_the_key_replays_the_202_instead_of_refusing_it() {
+    let settings = test_settings().await;
+    let redis_url = settings.redis.url.expose().to_string();
+    let prefix = settings.redis.key_prefix.clone();
+    let mut settings = settings;
+    settings.sales.settlement_rate_per_sec = 0;
+    let app = spawn_app_with(settings).await;
+    let player = app.create_player(1_000).await;
+    let sale = id(&app.create_drop(player, 1, 500, Some(1)).await, "sale_id");
+    let buyer = app.bulk_users("late", 1, 10_000).await.remove(0);
+    let first = app.purchase(&buyer.token, sale, "late-key", 1).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    // Redis keeps purchase keys only briefly (Postgres keeps them for good).
+    let forgotten = delete_redis_keys(&redis_url, &format!("{prefix}purchase-key:")).await;
+    assert_eq!(forgotten, 1);
+
+    // The sale is sold out and the buyer at their limit: only the stored
+    // answer can be right.
+    let retry = app.purchase(&buyer.token, sale, "late-key", 1).await;
+    assert_eq!(retry.status(), StatusCode::ACCEPTED);
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["purchase_id"], first["purchase_id"], "{retry}");
+    let other_body = app.purchase(&buyer.token, sale, "late-key", 2).await;
+    assert_error(
+        other_body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(app.purchases(&buyer.token, sale).await.len(), 1);
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_purchase_past_max_per_user_when_redis_counts_too_few() {
+    let settings = test_settings().await;
+    let redis_url = settings.redis.url.expose().to_string();
+    let prefix = settings.redis.key_prefix.clone();
+    let app = spawn_app_with(settings).await;
+    let player = app.create_player(1_000).await;
+    let sale = id(&app.create_drop(player, 10, 100, Some(1)).await, "sale_id");
+    let buyer = app.bulk_users("over", 1, 10_000).await.remove(0);
+    let first = app.purchase(&buyer.token, sale, "over-1", 1).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    // Redis forgets who bought (as after a restart from an older snapshot).
+    let forgotten = delete_redis_keys(&redis_url, &format!("{prefix}sale:{sale}:1:users")).await;
+    assert_eq!(forgotten, 1);
+
+    let second = app.purchase(&buyer.token, sale, "over-2", 1).await;
+    assert_error(second, StatusCode::CONFLICT, "limit_exceeded").await;
+    let purchases = app.purchases(&buyer.token, sale).await;
+    assert_eq!(purchases.len(), 1, "{purchases:?}");
+    // The refused reservation's unit went back, and the counter is rebuilt.
+    wait_until_settled(&app, sale, SETTLE).await;
+    let audit = wait_for_counter(&app, sale).await;
+    assert_eq!(audit["completed_units"], 1, "{audit}");
+    assert_eq!(audit["remaining_units"], 9, "{audit}");
+    assert_eq!(audit["consistent"], true, "{audit}");
+}
+
+#[tokio::test]
+async fn two_held_purchases_of_one_user_are_captured_together_and_charged_once_each() {
+    let mut settings = test_settings().await;
+    settings.sales.settlement_rate_per_sec = 0;
+    let paused = spawn_app_with(settings.clone()).await;
+    let player = paused.create_player(1_000).await;
+    let sale = id(&paused.create_drop(player, 10, 300, None).await, "sale_id");
+    let buyer = paused.bulk_users("twice", 1, 10_000).await.remove(0);
+    for (key, quantity) in [("twice-1", 1), ("twice-2", 2)] {
+        let response = paused.purchase(&buyer.token, sale, key, quantity).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    // Reservations that committed out of id order can both be held before
+    // either is captured: arrange exactly that.
+    paused
+        .sql(&format!(
+            "WITH held AS (UPDATE purchases SET status = 'held' WHERE sale_id = {sale}
+                            RETURNING user_id, amount_cents)
+             UPDATE users u SET held_cents = u.held_cents + h.total
+               FROM (SELECT user_id, sum(amount_cents) AS total FROM held GROUP BY user_id) h
+              WHERE u.id = h.user_id"
+        ))
+        .await;
+    assert_eq!(paused.me(&buyer.token).await["held_cents"], 900);
+    paused.stop().await;
+
+    settings.sales.settlement_rate_per_sec = 1_000;
+    let app = spawn_app_with(settings).await;
+    wait_until_settled(&app, sale, SETTLE).await;
+    let me = app.me(&buyer.token).await;
+    assert_eq!(me["balance_cents"], 10_000 - 900, "{me}");
+    assert_eq!(me["held_cents"], 0, "{me}");
+    assert_eq!(holding(&app.portfolio(&buyer.token).await, player), 3);
+    let audit = app.sale_audit(sale).await;
+    assert_eq!(audit["completed_units"], 3, "{audit}");
+    assert_eq!(audit["consistent"], true, "{audit}");
+    assert_eq!(app.audit().await["ok"], true);
+}
