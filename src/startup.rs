@@ -108,7 +108,6 @@ impl Application {
             sales_store.clone(),
             bus.clone(),
             hub.clone(),
-            publisher.clone(),
             &settings.sales,
         )
         .await?;

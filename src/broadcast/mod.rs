@@ -316,18 +316,24 @@ impl Hub {
                 Err(error) => tracing::warn!(%error, "malformed event message"),
             },
             USERS_CHANNEL => {
-                let Some((user, message)) = payload.split_once('|') else {
-                    return;
-                };
-                let Ok(user) = user.parse::<i64>() else {
-                    return;
-                };
-                let bytes = ByteString::from(message.to_string());
                 let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
-                for id in sockets.by_user.get(&user).into_iter().flatten() {
-                    if let Some(registration) = sockets.all.get(id) {
-                        if registration.queue.try_send(bytes.clone()).is_err() {
-                            registration.stuck.store(true, Ordering::Release);
+                // One line per message (JSON never contains a raw newline).
+                for line in payload.split('\n') {
+                    let Some((user, message)) = line.split_once('|') else {
+                        continue;
+                    };
+                    let Ok(user) = user.parse::<i64>() else {
+                        continue;
+                    };
+                    let Some(ids) = sockets.by_user.get(&user) else {
+                        continue;
+                    };
+                    let bytes = ByteString::from(message.to_string());
+                    for id in ids {
+                        if let Some(registration) = sockets.all.get(id) {
+                            if registration.queue.try_send(bytes.clone()).is_err() {
+                                registration.stuck.store(true, Ordering::Release);
+                            }
                         }
                     }
                 }
@@ -495,9 +501,11 @@ async fn resync(hub: &Hub, bus: &Bus, prices: &dyn PriceStore) {
     }
 }
 
-/// User messages (fills) waiting to be published; past this they are
-/// dropped with a warning rather than slowing orders down.
+/// User messages (fills, purchases) waiting to be published; past this they
+/// are dropped with a warning rather than slowing orders down.
 pub const USER_MESSAGE_QUEUE: usize = 4_096;
+/// User messages sent in one publish, at most.
+pub const USER_MESSAGES_PER_PUBLISH: usize = 512;
 
 /// Publishes prices, events and fills on the bus for every replica's hub.
 pub struct BusPublisher {
@@ -517,9 +525,20 @@ impl BusPublisher {
         let (user_messages, mut queued) = mpsc::channel::<String>(USER_MESSAGE_QUEUE);
         let publisher_bus = bus.clone();
         tokio::spawn(async move {
-            while let Some(payload) = queued.recv().await {
+            // Whatever queued up while the last publish was on its way goes
+            // out as one message, a line per user message, so a burst of
+            // fills or purchases costs a few publishes rather than one each.
+            while let Some(first) = queued.recv().await {
+                let mut payload = first;
+                let mut lines = 1;
+                while lines < USER_MESSAGES_PER_PUBLISH {
+                    let Ok(next) = queued.try_recv() else { break };
+                    payload.push('\n');
+                    payload.push_str(&next);
+                    lines += 1;
+                }
                 if let Err(error) = publisher_bus.publish(USERS_CHANNEL, payload).await {
-                    tracing::warn!(%error, "a user message could not be published");
+                    tracing::warn!(%error, lines, "user messages could not be published");
                 }
             }
         });
@@ -684,6 +703,13 @@ mod tests {
         hub.on_bus_message(USERS_CHANNEL, "7|{\"type\":\"order\"}");
         let got: Vec<bool> = receivers.iter_mut().map(|r| r.try_recv().is_ok()).collect();
         assert_eq!(got, [true, true, false, false]);
+        // Several messages in one publish, a line each.
+        hub.on_bus_message(USERS_CHANNEL, "8|{\"n\":1}\nnot a line\n7|{\"n\":2}\n8|{\"n\":3}");
+        let got: Vec<usize> = receivers
+            .iter_mut()
+            .map(|r| std::iter::from_fn(|| r.try_recv().ok()).count())
+            .collect();
+        assert_eq!(got, [1, 1, 2, 0]);
         for id in ids {
             hub.unregister(id);
         }

@@ -4,12 +4,15 @@
 //! commit does not stall the rush. Each request waits for its own outcome
 //! before its client hears anything.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::pg::PgSales;
+use super::redis::UPDATES_CHANNEL;
+use crate::bus::Bus;
 use crate::domain::{Cents, UserId};
 
 /// Batches in flight to Postgres at once.
@@ -26,6 +29,10 @@ pub struct Reservation {
     pub numbers: Vec<i64>,
     pub key: String,
     pub fingerprint: String,
+    /// The inventory's `(generation, seq)` and remaining units right after
+    /// this reservation, as the script answered.
+    pub version: (i64, i64),
+    pub remaining: i64,
 }
 
 /// What became of one reservation.
@@ -68,12 +75,13 @@ impl Batcher {
     /// Starts the batching task; `capacity` bounds waiting reservations.
     pub fn start(
         store: Arc<PgSales>,
+        bus: Bus,
         batch_max: usize,
         linger: Duration,
         capacity: usize,
     ) -> Batcher {
         let (queue, jobs) = mpsc::channel(capacity);
-        tokio::spawn(run(store, jobs, batch_max, linger));
+        tokio::spawn(run(store, bus, jobs, batch_max, linger));
         Batcher { queue }
     }
 
@@ -89,8 +97,41 @@ impl Batcher {
     }
 }
 
+/// One bus update per sale for the reservations a batch recorded: who
+/// bought, and the newest count among them.
+pub fn announcements(batch: &[Reservation], outcomes: &[Durable]) -> Vec<String> {
+    let mut per_sale: BTreeMap<i64, ((i64, i64), i64, Vec<i64>)> = BTreeMap::new();
+    for (reservation, outcome) in batch.iter().zip(outcomes) {
+        if !matches!(outcome, Durable::Recorded(_)) {
+            continue;
+        }
+        let entry = per_sale
+            .entry(reservation.sale_id)
+            .or_insert((reservation.version, reservation.remaining, Vec::new()));
+        if reservation.version > entry.0 {
+            entry.0 = reservation.version;
+            entry.1 = reservation.remaining;
+        }
+        entry.2.push(reservation.user.0);
+    }
+    per_sale
+        .into_iter()
+        .map(|(sale_id, ((generation, seq), remaining, buyers))| {
+            serde_json::json!({
+                "sale_id": sale_id,
+                "gen": generation,
+                "seq": seq,
+                "remaining": remaining,
+                "buyers": buyers,
+            })
+            .to_string()
+        })
+        .collect()
+}
+
 async fn run(
     store: Arc<PgSales>,
+    bus: Bus,
     mut jobs: mpsc::Receiver<Job>,
     batch_max: usize,
     linger: Duration,
@@ -109,6 +150,7 @@ async fn run(
             return;
         };
         let store = store.clone();
+        let bus = bus.clone();
         tokio::spawn(async move {
             let (reservations, replies): (Vec<Reservation>, Vec<oneshot::Sender<Durable>>) =
                 batch.into_iter().unzip();
@@ -134,10 +176,63 @@ async fn run(
                         .collect()
                 }
             };
+            let updates = announcements(&reservations, &outcomes);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
             drop(slot);
+            for update in updates {
+                if let Err(error) = bus.publish(UPDATES_CHANNEL, update).await {
+                    // Replicas re-read every count each reconcile interval.
+                    tracing::warn!(%error, "announcing reservations failed");
+                }
+            }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reservation(sale_id: i64, user: i64, seq: i64, remaining: i64) -> Reservation {
+        Reservation {
+            sale_id,
+            generation: 1,
+            user: UserId(user),
+            quantity: 1,
+            amount: Cents::new(100),
+            numbers: vec![seq],
+            key: format!("k{user}"),
+            fingerprint: "f".into(),
+            version: (1, seq),
+            remaining,
+        }
+    }
+
+    #[test]
+    fn a_batch_announces_each_sale_once_with_its_buyers_and_newest_count() {
+        let batch = vec![
+            reservation(1, 10, 5, 7),
+            reservation(1, 11, 9, 3),
+            reservation(2, 12, 2, 40),
+            reservation(1, 13, 7, 5),
+        ];
+        let outcomes = vec![
+            Durable::Recorded(1),
+            Durable::Recorded(2),
+            Durable::Recorded(3),
+            Durable::StaleGeneration,
+        ];
+        let updates: Vec<serde_json::Value> = announcements(&batch, &outcomes)
+            .iter()
+            .map(|u| serde_json::from_str(u).unwrap())
+            .collect();
+        assert_eq!(updates.len(), 2);
+        assert_eq!(updates[0]["sale_id"], 1);
+        assert_eq!(updates[0]["seq"], 9);
+        assert_eq!(updates[0]["remaining"], 3);
+        assert_eq!(updates[0]["buyers"], serde_json::json!([10, 11]));
+        assert_eq!(updates[1]["buyers"], serde_json::json!([12]));
     }
 }

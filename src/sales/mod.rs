@@ -342,7 +342,6 @@ pub struct SalesService {
     book: Arc<Book>,
     batcher: Batcher,
     recovery: Arc<recovery::Recovery>,
-    notifier: Arc<dyn PurchaseNotifier>,
     in_flight: InFlight,
     bus: crate::bus::Bus,
 }
@@ -359,7 +358,6 @@ impl SalesService {
         store: Arc<PgSales>,
         bus: crate::bus::Bus,
         sink: Arc<dyn SaleStateSink>,
-        notifier: Arc<dyn PurchaseNotifier>,
         settings: &SalesSettings,
     ) -> Result<Arc<SalesService>, Unexpected> {
         let inventory = RedisInventory::new(bus.clone());
@@ -371,6 +369,7 @@ impl SalesService {
         ));
         let batcher = Batcher::start(
             store.clone(),
+            bus.clone(),
             settings.reservation_batch_max.max(1),
             Duration::from_millis(settings.reservation_linger_ms),
             settings.max_in_flight.max(1),
@@ -381,7 +380,6 @@ impl SalesService {
             book,
             batcher,
             recovery,
-            notifier,
             in_flight: InFlight {
                 current: AtomicUsize::new(0),
                 max: settings.max_in_flight,
@@ -526,7 +524,7 @@ impl SalesService {
                     return Err(overloaded_error());
                 }
             };
-            let (generation, numbers) = match reserved {
+            let (version, remaining, numbers) = match reserved {
                 Reserve::Missing => {
                     if let Err(error) = self.recovery.ensure(&entry.info).await {
                         tracing::warn!(%error, "rebuilding a sale's inventory failed");
@@ -555,11 +553,11 @@ impl SalesService {
                 } => {
                     self.book
                         .observe(entry.info.id, version, remaining, &[request.user.0]);
-                    (version.0, numbers)
+                    (version, remaining, numbers)
                 }
             };
             match self
-                .make_durable(&entry.info, request, generation, numbers)
+                .make_durable(&entry.info, request, version, remaining, numbers)
                 .await?
             {
                 Some(placed) => return Ok(placed),
@@ -577,9 +575,11 @@ impl SalesService {
         &self,
         info: &SaleInfo,
         request: &PurchaseRequest,
-        generation: i64,
+        version: (i64, i64),
+        remaining: i64,
         numbers: Vec<i64>,
     ) -> Result<Option<Placed>, SalesError> {
+        let generation = version.0;
         let quantity = request.quantity.get();
         let amount = info
             .unit_price
@@ -596,6 +596,8 @@ impl SalesService {
                 numbers: numbers.clone(),
                 key: request.key.as_str().to_string(),
                 fingerprint: request.fingerprint.clone(),
+                version,
+                remaining,
             })
             .await;
         let user = request.user;
@@ -613,11 +615,13 @@ impl SalesService {
             }
         };
         match durable {
-            Durable::Recorded(purchase_id) => {
-                let purchase = Purchase::reserved(purchase_id, info.id, quantity);
-                self.notifier.purchase_changed(user, &purchase).await;
-                Ok(Some(Placed::Reserved(purchase)))
-            }
+            // The buyer hears of this reservation in its 202; the `user`
+            // channel carries what happens to it next.
+            Durable::Recorded(purchase_id) => Ok(Some(Placed::Reserved(Purchase::reserved(
+                purchase_id,
+                info.id,
+                quantity,
+            )))),
             Durable::StaleGeneration => {
                 if let Err(error) = self.inventory.forget_key(user, key).await {
                     tracing::warn!(%error, "forgetting a refused purchase key failed");

@@ -12,9 +12,12 @@
 //! - `purchase-key:{user}:{key}`: the fingerprint of a purchase reserved
 //!   under that idempotency key, for 30 s (Postgres keeps it after that).
 //!
-//! Remaining units are `LLEN free + total − next + 1`. Every change also
-//! publishes an update on [`UPDATES_CHANNEL`] from inside its script, so
-//! replicas hear changes in the order Redis made them.
+//! Remaining units are `LLEN free + total − next + 1`. Give-backs and
+//! rebuilds publish an update on [`UPDATES_CHANNEL`] from inside their
+//! script; reservations are announced by the replica that made them, a
+//! batch at a time. Every update carries the inventory's `(generation,
+//! seq)`, so replicas keep only the newest count whatever order they hear
+//! updates in.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -34,8 +37,10 @@ pub const UPDATES_CHANNEL: &str = "sales:updates";
 /// progress" for long. A retry after this goes through Postgres' record.
 const KEY_TTL: Duration = Duration::from_secs(30);
 
-/// KEYS: meta, purchase key, channel. ARGV: sale key base (`…sale:{id}:`),
-/// user, quantity, fingerprint, now (ms), key TTL (s), sale id.
+/// KEYS: meta, purchase key. ARGV: sale key base (`…sale:{id}:`), user,
+/// quantity, fingerprint, now (ms), key TTL (s). Publishes nothing: the
+/// replica announces its reservations a batch at a time once they are
+/// durable (see `batcher.rs`).
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
@@ -73,8 +78,6 @@ redis.call('HINCRBY', base .. 'users', ARGV[2], qty)
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[6])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 remaining = remaining - qty
-redis.call('PUBLISH', KEYS[3], '{"sale_id":' .. ARGV[7] .. ',"gen":' .. gen .. ',"seq":' .. seq ..
-  ',"remaining":' .. remaining .. ',"buyers":[' .. ARGV[2] .. ']}')
 local reply = {'reserved', gen, remaining, seq}
 for i = 1, #numbers do reply[#reply + 1] = numbers[i] end
 return reply
@@ -231,11 +234,7 @@ impl RedisInventory {
             .bus
             .run_script(
                 &RESERVE,
-                vec![
-                    self.meta(sale.id),
-                    self.purchase_key(user, key),
-                    self.bus.key(UPDATES_CHANNEL),
-                ],
+                vec![self.meta(sale.id), self.purchase_key(user, key)],
                 vec![
                     self.base(sale.id),
                     user.0.to_string(),
@@ -243,7 +242,6 @@ impl RedisInventory {
                     fingerprint.to_string(),
                     now_ms.to_string(),
                     KEY_TTL.as_secs().to_string(),
-                    sale.id.to_string(),
                 ],
             )
             .await?;
