@@ -704,7 +704,10 @@ mod tests {
         let got: Vec<bool> = receivers.iter_mut().map(|r| r.try_recv().is_ok()).collect();
         assert_eq!(got, [true, true, false, false]);
         // Several messages in one publish, a line each.
-        hub.on_bus_message(USERS_CHANNEL, "8|{\"n\":1}\nnot a line\n7|{\"n\":2}\n8|{\"n\":3}");
+        hub.on_bus_message(
+            USERS_CHANNEL,
+            "8|{\"n\":1}\nnot a line\n7|{\"n\":2}\n8|{\"n\":3}",
+        );
         let got: Vec<usize> = receivers
             .iter_mut()
             .map(|r| std::iter::from_fn(|| r.try_recv().ok()).count())

@@ -105,9 +105,11 @@ pub fn announcements(batch: &[Reservation], outcomes: &[Durable]) -> Vec<String>
         if !matches!(outcome, Durable::Recorded(_)) {
             continue;
         }
-        let entry = per_sale
-            .entry(reservation.sale_id)
-            .or_insert((reservation.version, reservation.remaining, Vec::new()));
+        let entry = per_sale.entry(reservation.sale_id).or_insert((
+            reservation.version,
+            reservation.remaining,
+            Vec::new(),
+        ));
         if reservation.version > entry.0 {
             entry.0 = reservation.version;
             entry.1 = reservation.remaining;
