@@ -100,31 +100,36 @@ impl Batcher {
 /// One bus update per sale for the reservations a batch recorded: who
 /// bought, and the newest count among them.
 pub fn announcements(batch: &[Reservation], outcomes: &[Durable]) -> Vec<String> {
-    let mut per_sale: BTreeMap<i64, ((i64, i64), i64, Vec<i64>)> = BTreeMap::new();
+    struct Announcement {
+        version: (i64, i64),
+        remaining: i64,
+        buyers: Vec<i64>,
+    }
+    let mut per_sale: BTreeMap<i64, Announcement> = BTreeMap::new();
     for (reservation, outcome) in batch.iter().zip(outcomes) {
         if !matches!(outcome, Durable::Recorded(_)) {
             continue;
         }
-        let entry = per_sale.entry(reservation.sale_id).or_insert((
-            reservation.version,
-            reservation.remaining,
-            Vec::new(),
-        ));
-        if reservation.version > entry.0 {
-            entry.0 = reservation.version;
-            entry.1 = reservation.remaining;
+        let entry = per_sale.entry(reservation.sale_id).or_insert(Announcement {
+            version: reservation.version,
+            remaining: reservation.remaining,
+            buyers: Vec::new(),
+        });
+        if reservation.version > entry.version {
+            entry.version = reservation.version;
+            entry.remaining = reservation.remaining;
         }
-        entry.2.push(reservation.user.0);
+        entry.buyers.push(reservation.user.0);
     }
     per_sale
         .into_iter()
-        .map(|(sale_id, ((generation, seq), remaining, buyers))| {
+        .map(|(sale_id, a)| {
             serde_json::json!({
                 "sale_id": sale_id,
-                "gen": generation,
-                "seq": seq,
-                "remaining": remaining,
-                "buyers": buyers,
+                "gen": a.version.0,
+                "seq": a.version.1,
+                "remaining": a.remaining,
+                "buyers": a.buyers,
             })
             .to_string()
         })
