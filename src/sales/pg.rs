@@ -19,6 +19,9 @@ use crate::ledger::posting;
 /// Advisory lock class of a sale's waitlist (see `players::gate` for the
 /// trade gate's class): joins of one sale take positions one at a time.
 const WAITLIST_LOCK_CLASS: i32 = 0x4d45;
+/// Advisory lock class of a sale's inventory fence: reservation batches and
+/// failures hold it shared, a rebuild exclusive.
+const INVENTORY_FENCE_CLASS: i32 = 0x4d47;
 /// Advisory lock class of one buyer in one sale: `max_per_user` is checked
 /// under it in Postgres.
 const BUYER_LOCK_CLASS: i32 = 0x4d46;
@@ -208,16 +211,24 @@ impl PgSales {
         let tx = client.transaction().await?;
         let mut outcomes: Vec<Option<Durable>> = batch.iter().map(|_| None).collect();
 
-        // The generation fence: a rebuild bumps it under FOR UPDATE, so
-        // either this batch commits first (and the rebuild counts it) or it
-        // sees the new generation and refuses the old one's reservations.
+        // The generation fence: a rebuild bumps the generation holding the
+        // sale's fence exclusively, so either this batch (holding it
+        // shared) commits first and the rebuild counts it, or it sees the
+        // new generation and refuses the old one's reservations. An advisory
+        // lock rather than a row lock: its queue is fair, so a stream of
+        // batches cannot starve a rebuild (see `players::gate`).
         let mut sale_ids: Vec<i64> = batch.iter().map(|r| r.sale_id).collect();
         sale_ids.sort_unstable();
         sale_ids.dedup();
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared($2, (id % 2147483647)::int)
+               FROM unnest($1::bigint[]) AS s(id) ORDER BY id",
+            &[&sale_ids, &INVENTORY_FENCE_CLASS],
+        )
+        .await?;
         let sale_rows = tx
             .query(
-                "SELECT id, generation, max_per_user FROM sales WHERE id = ANY($1)
-                  ORDER BY id FOR SHARE",
+                "SELECT id, generation, max_per_user FROM sales WHERE id = ANY($1)",
                 &[&sale_ids],
             )
             .await?;
@@ -644,9 +655,9 @@ impl PgSales {
 
     /// Rebuilds the sale's Redis inventory from Postgres as a new
     /// generation, unless someone else already has: `seen` is the Redis
-    /// generation that looked wrong (`None`: Redis had none). The sale row
-    /// stays locked until the new inventory is installed, so no
-    /// reservation, give-back or other rebuild can interleave. Returns the
+    /// generation that looked wrong (`None`: Redis had none). The sale's
+    /// fence stays held exclusively until the new inventory is installed,
+    /// so no reservation batch, failure or other rebuild can interleave. Returns the
     /// new generation, or `None` when there was nothing to do.
     pub async fn rebuild(
         &self,
@@ -656,11 +667,15 @@ impl PgSales {
     ) -> Result<Option<i64>, Unexpected> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // The fence, exclusive, first: its own statement, so the generation
+        // read next is the one no batch or failure can still be using.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($2, ($1::bigint % 2147483647)::int)",
+            &[&info.id, &INVENTORY_FENCE_CLASS],
+        )
+        .await?;
         let generation: i64 = tx
-            .query_one(
-                "SELECT generation FROM sales WHERE id = $1 FOR UPDATE",
-                &[&info.id],
-            )
+            .query_one("SELECT generation FROM sales WHERE id = $1", &[&info.id])
             .await?
             .get(0);
         let now = inventory
@@ -902,11 +917,19 @@ async fn fail(
     .await?;
     purchase.status = PurchaseStatus::Failed;
     purchase.failure_reason = Some(INSUFFICIENT_FUNDS.to_string());
-    // FOR SHARE: the generation read here is the one whose inventory does
-    // not yet count these units; a rebuild waits for this commit.
+    // Under the sale's fence, shared: the generation read here is the one
+    // whose inventory does not yet count these units; a rebuild waits for
+    // this commit.
+    // Two statements: a statement's snapshot is taken before it waits, so
+    // the generation must be read by the next one.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock_shared($2, ($1::bigint % 2147483647)::int)",
+        &[&purchase.sale_id, &INVENTORY_FENCE_CLASS],
+    )
+    .await?;
     let sale = tx
         .query_one(
-            "SELECT generation, max_per_user, unit_price_cents FROM sales WHERE id = $1 FOR SHARE",
+            "SELECT generation, max_per_user, unit_price_cents FROM sales WHERE id = $1",
             &[&purchase.sale_id],
         )
         .await?;
