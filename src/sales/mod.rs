@@ -481,7 +481,10 @@ impl SalesService {
 
     /// Reserves units for a buyer (see the module docs for the path).
     #[tracing::instrument(skip_all, fields(sale_id = request.sale_id, user_id = %request.user))]
-    pub async fn purchase(&self, request: &PurchaseRequest) -> Result<Placed, SalesError> {
+    pub async fn purchase(
+        self: &Arc<Self>,
+        request: &PurchaseRequest,
+    ) -> Result<Placed, SalesError> {
         let Some(entry) = self.known(request.sale_id).await? else {
             return Ok(Placed::Rejected(PurchaseRejection::UnknownSale));
         };
@@ -501,6 +504,27 @@ impl SalesService {
         if entry.sold_out_for(request.user) {
             return Ok(Placed::Rejected(PurchaseRejection::SoldOut));
         }
+        // From here on units may be taken in Redis: the rest runs as its own
+        // task, so a client that disconnects (which drops this future)
+        // cannot leave units taken but neither recorded nor given back.
+        let service = self.clone();
+        let request = request.clone();
+        match tokio::spawn(async move { service.reserve(&entry, &request).await }).await {
+            Ok(placed) => placed,
+            Err(error) => Err(SalesError::Unexpected(Unexpected::msg(format!(
+                "a purchase task failed: {error}"
+            )))),
+        }
+    }
+
+    /// Reserves in Redis and records in Postgres, retrying when the
+    /// inventory is rebuilt underneath.
+    async fn reserve(
+        &self,
+        entry: &book::Entry,
+        request: &PurchaseRequest,
+    ) -> Result<Placed, SalesError> {
+        let quantity = request.quantity.get();
         let _permit = self.in_flight.try_acquire().ok_or_else(overloaded_error)?;
 
         for _ in 0..RESERVE_ATTEMPTS {
