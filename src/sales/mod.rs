@@ -245,8 +245,9 @@ pub struct SaleAudit {
     pub remaining_units: i64,
     /// What the Redis counter says remains; `None` when Redis holds none.
     pub inventory_counter: Option<i64>,
-    /// Unit rows that do not match their purchases' quantities, units held
-    /// by failed purchases, and purchases charged other than exactly
+    /// Unit rows that do not match their purchases' quantities, beyond
+    /// `total_units`, or not held by a live purchase of the sale; and
+    /// purchases charged other than exactly
     /// `quantity × unit_price` iff completed: all must be 0.
     pub unit_mismatches: i64,
     pub charge_mismatches: i64,

@@ -629,7 +629,12 @@ impl PgSales {
                        AND (SELECT count(*) FROM purchase_units u WHERE u.purchase_id = p.id)
                            <> CASE WHEN p.status = 'failed' THEN 0 ELSE p.quantity END)
                    + (SELECT count(*) FROM purchase_units u
-                       WHERE u.sale_id = s.id AND u.share_number > s.total_units),
+                       WHERE u.sale_id = s.id AND u.share_number > s.total_units)
+                   + (SELECT count(*) FROM purchase_units u
+                       WHERE u.sale_id = s.id
+                         AND NOT EXISTS (SELECT 1 FROM purchases p
+                                          WHERE p.id = u.purchase_id AND p.sale_id = s.id
+                                            AND p.status <> 'failed')),
                    (SELECT count(*) FROM purchases p WHERE p.sale_id = s.id
                        AND coalesce((SELECT sum(l.amount_cents) FROM ledger_entries l
                                       WHERE l.txn = 'purchase:' || p.id AND l.account = 'user'), 0)
