@@ -1388,3 +1388,61 @@ async fn two_held_purchases_of_one_user_are_captured_together_and_charged_once_e
     assert_eq!(audit["consistent"], true, "{audit}");
     assert_eq!(app.audit().await["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_racing_one_drop_never_oversell_nor_pass_max_per_user() {
+    let settings = test_settings().await;
+    let a = spawn_app_with(settings.clone()).await;
+    let b = spawn_app_with(settings).await;
+    let player = a.create_player(1_000).await;
+    let sale = a.create_drop(player, 30, 100, Some(2)).await;
+    let sale_id = id(&sale, "sale_id");
+    let buyers = buyers(&a, "pair", 25, 10_000, 1).await;
+
+    // Every buyer tries three units, one at a time with distinct keys,
+    // alternating replicas: the limit is 2, so at most 50 units are wanted
+    // of the 30 there are.
+    let replicas = [&a, &b];
+    let mut attempts = Vec::new();
+    for (n, buyer) in buyers.iter().enumerate() {
+        for k in 0..3 {
+            let app = replicas[(n + k) % 2];
+            let key = format!("pair-{k}");
+            attempts.push(async move {
+                let answer = purchase_answered(app, &buyer.user.token, sale_id, &key, 1).await;
+                (buyer.user.id, answer)
+            });
+        }
+    }
+    let answers = join_all(attempts).await;
+    let mut accepted_ids = HashSet::new();
+    let mut per_user: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    for (user, (status, body)) in &answers {
+        match *status {
+            StatusCode::ACCEPTED => {
+                assert!(accepted_ids.insert(id(body, "purchase_id")), "{body}");
+                *per_user.entry(*user).or_default() += 1;
+            }
+            StatusCode::CONFLICT => {
+                let code = body["error"]["code"].as_str().unwrap_or_default();
+                assert!(code == "sold_out" || code == "limit_exceeded", "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(per_user.values().all(|units| *units <= 2), "{per_user:?}");
+    assert_eq!(accepted_ids.len(), 30, "every unit sold once");
+
+    let mut expected = Vec::new();
+    for buyer in &buyers {
+        let bought = per_user.get(&buyer.user.id).copied().unwrap_or(0);
+        let mut buyer = buyer.clone();
+        buyer.quantity = bought;
+        expected.push(buyer);
+    }
+    let completed = assert_settled_books(&b, &sale, &expected, &accepted_ids).await;
+    assert_eq!(completed, 30);
+    // Both replicas tell the same story.
+    assert_eq!(a.sale(sale_id).await["status"], "sold_out");
+    assert_eq!(b.sale(sale_id).await["status"], "sold_out");
+}
