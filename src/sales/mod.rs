@@ -700,6 +700,17 @@ impl SalesService {
         request: &PurchaseRequest,
         rejection: PurchaseRejection,
     ) -> Result<Placed, SalesError> {
+        self.answer_from_key(request, Ok(Placed::Rejected(rejection)))
+            .await
+    }
+
+    /// What the key already holds: the stored 202 for this same request, a
+    /// reuse for another one, else `unheard`.
+    async fn answer_from_key(
+        &self,
+        request: &PurchaseRequest,
+        unheard: Result<Placed, SalesError>,
+    ) -> Result<Placed, SalesError> {
         match self
             .store
             .stored_outcome(request.user, request.key.as_str())
@@ -711,7 +722,7 @@ impl SalesService {
                 Ok(Placed::Replayed(outcome))
             }
             Some(_) => Err(SalesError::KeyReused),
-            None => Ok(Placed::Rejected(rejection)),
+            None => unheard,
         }
     }
 
@@ -728,19 +739,8 @@ impl SalesService {
     /// The stored answer to an earlier request with this key, or "still in
     /// progress" while its reservation is on its way to Postgres.
     async fn replay(&self, request: &PurchaseRequest) -> Result<Placed, SalesError> {
-        match self
-            .store
-            .stored_outcome(request.user, request.key.as_str())
-            .await?
-        {
-            Some((endpoint, fingerprint, outcome))
-                if endpoint == PURCHASES_ENDPOINT && fingerprint == request.fingerprint =>
-            {
-                Ok(Placed::Replayed(outcome))
-            }
-            Some(_) => Err(SalesError::KeyReused),
-            None => Err(SalesError::InProgress),
-        }
+        self.answer_from_key(request, Err(SalesError::InProgress))
+            .await
     }
 
     /// One purchase of `user`; `None` when it is not theirs or not there.

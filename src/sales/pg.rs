@@ -249,15 +249,12 @@ impl PgSales {
             }
         }
 
-        let ids: Vec<i64> = tx
-            .query(
-                "SELECT nextval('purchases_id_seq') FROM generate_series(1, $1::bigint)",
-                &[&(live.len() as i64)],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let ids: Vec<i64> = first_column(
+            &tx,
+            "SELECT nextval('purchases_id_seq') FROM generate_series(1, $1::bigint)",
+            &[&(live.len() as i64)],
+        )
+        .await?;
         let purchase_of: HashMap<usize, i64> = live.iter().copied().zip(ids).collect();
 
         // Keys first: a key already used (Redis forgot it, or another
@@ -700,15 +697,12 @@ impl PgSales {
             &[&info.id, &next_generation],
         )
         .await?;
-        let taken: Vec<i64> = tx
-            .query(
-                "SELECT share_number FROM purchase_units WHERE sale_id = $1 ORDER BY share_number",
-                &[&info.id],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let taken: Vec<i64> = first_column(
+            &tx,
+            "SELECT share_number FROM purchase_units WHERE sale_id = $1 ORDER BY share_number",
+            &[&info.id],
+        )
+        .await?;
         let buyers: Vec<(i64, i64)> = tx
             .query(
                 "SELECT user_id, sum(quantity)::bigint FROM purchases
@@ -893,6 +887,20 @@ impl PgSales {
     }
 }
 
+/// The first column of every row `sql` returns, on the caller's transaction.
+async fn first_column(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    Ok(tx
+        .query(sql, params)
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
 /// The next never-sold number and the gaps below it, from the sorted unit
 /// numbers live purchases hold.
 pub fn free_units(taken: &[i64]) -> (i64, Vec<i64>) {
@@ -941,15 +949,12 @@ async fn fail(
     let generation: i64 = sale.get(0);
     let max_per_user: Option<i64> = sale.get(1);
     let unit_price: i64 = sale.get(2);
-    let mut units: Vec<i64> = tx
-        .query(
-            "SELECT share_number FROM purchase_units WHERE purchase_id = $1 ORDER BY share_number",
-            &[&purchase.id],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let mut units: Vec<i64> = first_column(
+        tx,
+        "SELECT share_number FROM purchase_units WHERE purchase_id = $1 ORDER BY share_number",
+        &[&purchase.id],
+    )
+    .await?;
     let mut granted = Vec::new();
     if !units.is_empty() {
         let waiting = tx
@@ -1009,15 +1014,12 @@ async fn fail(
             granted.push((waiter, Purchase::reserved(id, purchase.sale_id, 1)));
         }
     }
-    let released: Vec<i64> = tx
-        .query(
-            "DELETE FROM purchase_units WHERE purchase_id = $1 RETURNING share_number",
-            &[&purchase.id],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let released: Vec<i64> = first_column(
+        tx,
+        "DELETE FROM purchase_units WHERE purchase_id = $1 RETURNING share_number",
+        &[&purchase.id],
+    )
+    .await?;
     tracing::info!(
         purchase_id = purchase.id,
         granted = granted.len(),
