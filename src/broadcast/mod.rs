@@ -39,8 +39,10 @@ pub const EVENTS_CHANNEL: &str = "broadcast:events";
 /// Redis hash of every player's current price (`BusTick` JSON by player
 /// id): what a replica's hub resynchronises from.
 pub const PRICES_STATE: &str = "broadcast:prices:state";
-/// Bus channel of per-user messages: `<user_id>|<wire message>`.
-pub const USERS_CHANNEL: &str = "broadcast:users";
+/// Bus channel of per-user messages: lines of `<user_id>|<wire message>`.
+/// (Named apart from the older one-message-per-publish channel, so a replica
+/// of the older version in a rolling deploy never misreads a batch.)
+pub const USERS_CHANNEL: &str = "broadcast:user-lines";
 /// Messages a socket may have queued (events, fills, replies) before it
 /// counts as stuck.
 pub const SOCKET_QUEUE: usize = 256;

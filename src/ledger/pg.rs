@@ -202,6 +202,13 @@ pub async fn capture_holds(
     let users: Vec<i64> = captures.iter().map(|c| c.0 .0).collect();
     let amounts: Vec<i64> = captures.iter().map(|c| c.1.get()).collect();
     let txns: Vec<&str> = captures.iter().map(|c| c.2.as_str()).collect();
+    // The users' rows in id order first, so two captures sharing users
+    // (and orders, which lock one user row) cannot deadlock.
+    tx.execute(
+        "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        &[&users],
+    )
+    .await?;
     let row = tx
         .query_one(
             "WITH c AS (

@@ -161,6 +161,19 @@ async fn run(
         tokio::spawn(async move {
             let (reservations, replies): (Vec<Reservation>, Vec<oneshot::Sender<Durable>>) =
                 batch.into_iter().unzip();
+            // Announced before Postgres: other replicas must know these
+            // buyers before any of them hears its 202 (a buyer's retry on
+            // another replica must not be told `sold_out` from memory). A
+            // reservation that is then refused only sends its buyer on to
+            // Redis next time, which is harmless.
+            let all_recorded: Vec<Durable> =
+                reservations.iter().map(|_| Durable::Recorded(0)).collect();
+            for update in announcements(&reservations, &all_recorded) {
+                if let Err(error) = bus.publish(UPDATES_CHANNEL, update).await {
+                    // Replicas also reload buyers every few intervals.
+                    tracing::warn!(%error, "announcing reservations failed");
+                }
+            }
             let started = std::time::Instant::now();
             let recorded = store.record_reservations(&reservations).await;
             tracing::debug!(
@@ -183,17 +196,10 @@ async fn run(
                         .collect()
                 }
             };
-            let updates = announcements(&reservations, &outcomes);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
             drop(slot);
-            for update in updates {
-                if let Err(error) = bus.publish(UPDATES_CHANNEL, update).await {
-                    // Replicas re-read every count each reconcile interval.
-                    tracing::warn!(%error, "announcing reservations failed");
-                }
-            }
         });
     }
 }

@@ -510,7 +510,8 @@ impl SalesService {
         // cannot leave units taken but neither recorded nor given back.
         let service = self.clone();
         let request = request.clone();
-        match tokio::spawn(async move { service.reserve(&entry, &request).await }).await {
+        let task = async move { service.reserve(&entry, &request).await };
+        match tokio::spawn(tracing::Instrument::in_current_span(task)).await {
             Ok(placed) => placed,
             Err(error) => Err(SalesError::Unexpected(Unexpected::msg(format!(
                 "a purchase task failed: {error}"

@@ -26,8 +26,8 @@ const INVENTORY_FENCE_CLASS: i32 = 0x4d47;
 /// under it in Postgres.
 const BUYER_LOCK_CLASS: i32 = 0x4d46;
 /// Waitlisted users looked at per failed purchase beyond twice its units
-/// (some may already be at their limit).
-const WAITLIST_SCAN: i64 = 16;
+/// (some may already be at their limit, or busy buying).
+const WAITLIST_SCAN: i64 = 256;
 /// Why a purchase failed for want of cash.
 pub const INSUFFICIENT_FUNDS: &str = "insufficient_funds";
 
@@ -443,21 +443,25 @@ impl PgSales {
         }
         let sales: Vec<i64> = limited.iter().map(|&i| batch[i].sale_id).collect();
         let users: Vec<i64> = limited.iter().map(|&i| batch[i].user.0).collect();
+        // The locks in their own statement: a statement's snapshot is taken
+        // before it waits, so the counts must be read by the next one.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($3, key)
+               FROM (SELECT DISTINCT hashtext(sale_id || ':' || user_id) AS key
+                       FROM unnest($1::bigint[], $2::bigint[]) AS p(sale_id, user_id)) k
+              ORDER BY key",
+            &[&sales, &users, &BUYER_LOCK_CLASS],
+        )
+        .await?;
         let owned: HashMap<(i64, i64), i64> = tx
             .query(
-                "WITH pairs AS (
-                     SELECT DISTINCT sale_id, user_id FROM unnest($1::bigint[], $2::bigint[])
-                                                         AS p(sale_id, user_id)
-                 ), locked AS (
-                     SELECT pg_advisory_xact_lock($3, hashtext(sale_id || ':' || user_id))
-                       FROM pairs ORDER BY hashtext(sale_id || ':' || user_id)
-                 )
-                 SELECT p.sale_id, p.user_id,
+                "SELECT p.sale_id, p.user_id,
                         (SELECT coalesce(sum(quantity), 0)::bigint FROM purchases
                           WHERE sale_id = p.sale_id AND user_id = p.user_id
                             AND status <> 'failed')
-                   FROM pairs p, (SELECT count(*) FROM locked) l",
-                &[&sales, &users, &BUYER_LOCK_CLASS],
+                   FROM (SELECT DISTINCT sale_id, user_id
+                           FROM unnest($1::bigint[], $2::bigint[]) AS p(sale_id, user_id)) p",
+                &[&sales, &users],
             )
             .await?
             .iter()
@@ -668,6 +672,22 @@ impl PgSales {
         inventory: &RedisInventory,
     ) -> Result<Option<i64>, Unexpected> {
         let mut client = self.pool.get().await?;
+        // A cheap look first, without the fence: when someone else has
+        // already rebuilt (Redis holds Postgres' generation, and not the one
+        // that looked wrong), there is nothing to do, and taking the fence
+        // exclusively would stall every batch for nothing.
+        let current: i64 = client
+            .query_one("SELECT generation FROM sales WHERE id = $1", &[&info.id])
+            .await?
+            .get(0);
+        let installed = inventory
+            .state(info.id)
+            .await
+            .map_err(Unexpected::from_error)?
+            .map(|state| state.generation);
+        if installed == Some(current) && installed != seen {
+            return Ok(None);
+        }
         let tx = client.transaction().await?;
         // The fence, exclusive, first: its own statement, so the generation
         // read next is the one no batch or failure can still be using.
@@ -979,16 +999,26 @@ async fn fail(
                 // The same lock reservation batches check the limit under;
                 // a try-lock, so this can never deadlock with a batch (a
                 // waiter whose lock is busy is skipped this time).
-                let owned = tx
+                let locked: bool = tx
                     .query_one(
-                        "SELECT pg_try_advisory_xact_lock($3, hashtext($1::bigint || ':' || $2::bigint)),
-                                (SELECT coalesce(sum(quantity), 0)::bigint FROM purchases
-                                  WHERE sale_id = $1 AND user_id = $2 AND status <> 'failed')",
+                        "SELECT pg_try_advisory_xact_lock($3, hashtext($1::bigint || ':' || $2::bigint))",
                         &[&purchase.sale_id, &waiter.0, &BUYER_LOCK_CLASS],
                     )
-                    .await?;
-                let locked: bool = owned.get(0);
-                if !locked || owned.get::<_, i64>(1) + 1 > max {
+                    .await?
+                    .get(0);
+                if !locked {
+                    continue;
+                }
+                // Counted after the lock, in a statement of its own.
+                let owned: i64 = tx
+                    .query_one(
+                        "SELECT coalesce(sum(quantity), 0)::bigint FROM purchases
+                          WHERE sale_id = $1 AND user_id = $2 AND status <> 'failed'",
+                        &[&purchase.sale_id, &waiter.0],
+                    )
+                    .await?
+                    .get(0);
+                if owned + 1 > max {
                     continue;
                 }
             }

@@ -20,6 +20,10 @@ use super::{SaleInfo, SalesService};
 use crate::error::Unexpected;
 use crate::leader::Leadership;
 
+/// Every this many intervals each replica reloads every sale's buyers from
+/// Postgres.
+const BUYERS_RELOAD_ROUNDS: u64 = 10;
+
 /// Rebuilds of one replica, one at a time per sale.
 pub struct Recovery {
     store: Arc<PgSales>,
@@ -146,6 +150,7 @@ pub async fn reconcile_loop(
 ) {
     let recovery = service.recovery();
     let mut last: HashMap<i64, Observation> = HashMap::new();
+    let mut rounds: u64 = 0;
     let mut every = tokio::time::interval(interval.max(Duration::from_millis(10)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -155,6 +160,14 @@ pub async fn reconcile_loop(
         }
         if let Err(error) = service.load_missing().await {
             tracing::warn!(%error, "loading sales created elsewhere failed");
+        }
+        // Buyers are announced over the bus; one lost announcement must not
+        // leave a buyer told `sold_out` from memory for long.
+        rounds += 1;
+        if rounds.is_multiple_of(BUYERS_RELOAD_ROUNDS) {
+            if let Err(error) = service.reload_all().await {
+                tracing::warn!(%error, "reloading sales' buyers failed");
+            }
         }
         // Every replica re-reads each sale's count, so a lost update (the
         // subscriber was reconnecting) leaves its book stale for at most an
