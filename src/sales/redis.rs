@@ -39,8 +39,7 @@ const KEY_TTL: Duration = Duration::from_secs(30);
 
 /// KEYS: meta, purchase key. ARGV: sale key base (`…sale:{id}:`), user,
 /// quantity, fingerprint, now (ms), key TTL (s). Publishes nothing: the
-/// replica announces its reservations a batch at a time once they are
-/// durable (see `batcher.rs`).
+/// replica announces its reservations a batch at a time (see `batcher.rs`).
 static RESERVE: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
