@@ -26,10 +26,21 @@ async fn wait_for_leader(apps: &[&TestApp]) -> usize {
 /// How far a player's seq moves in `window`, seen from a socket on `app`.
 async fn seq_advance(app: &TestApp, player: i64, window: Duration) -> i64 {
     let mut ws = app.ws(None).await;
-    ws.send(json!({"op": "subscribe", "channels": [format!("player:{player}")]}))
-        .await;
-    let subscribed = ws.expect("subscribed", Duration::from_secs(1)).await;
-    let first = subscribed["snapshot"][0]["data"]["seq"].as_i64().unwrap();
+    // A player created on another replica reaches this one over the bus a
+    // moment later: until then the channel is refused as unknown.
+    let mut first = None;
+    for _ in 0..40 {
+        ws.send(json!({"op": "subscribe", "channels": [format!("player:{player}")]}))
+            .await;
+        let subscribed = ws.expect("subscribed", Duration::from_secs(1)).await;
+        first = subscribed["snapshot"][0]["data"]["seq"].as_i64();
+        if first.is_some() {
+            break;
+        }
+        ws.expect("error", Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.expect("the player reached this replica");
     let mut last = first;
     let started = std::time::Instant::now();
     while started.elapsed() < window {
