@@ -13,6 +13,8 @@
 
 pub mod pg;
 
+use std::fmt::Write;
+
 use sha2::{Digest, Sha256};
 
 /// Longest key accepted (API.md).
@@ -43,11 +45,12 @@ pub fn fingerprint(endpoint: &str, canonical_request: &str) -> String {
     hasher.update(endpoint.as_bytes());
     hasher.update([0]);
     hasher.update(canonical_request.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    // One string, not one per byte: this runs on every purchase and order.
+    let mut hex = String::with_capacity(64);
+    for byte in hasher.finalize() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
 }
 
 /// What a key says about a new request.

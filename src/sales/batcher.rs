@@ -97,19 +97,16 @@ impl Batcher {
     }
 }
 
-/// One bus update per sale for the reservations a batch recorded: who
-/// bought, and the newest count among them.
-pub fn announcements(batch: &[Reservation], outcomes: &[Durable]) -> Vec<String> {
+/// One bus update per sale for a batch's reservations: who bought, and the
+/// newest count among them.
+pub fn announcements(batch: &[Reservation]) -> Vec<String> {
     struct Announcement {
         version: (i64, i64),
         remaining: i64,
         buyers: Vec<i64>,
     }
     let mut per_sale: BTreeMap<i64, Announcement> = BTreeMap::new();
-    for (reservation, outcome) in batch.iter().zip(outcomes) {
-        if !matches!(outcome, Durable::Recorded(_)) {
-            continue;
-        }
+    for reservation in batch {
         let entry = per_sale.entry(reservation.sale_id).or_insert(Announcement {
             version: reservation.version,
             remaining: reservation.remaining,
@@ -166,9 +163,7 @@ async fn run(
             // another replica must not be told `sold_out` from memory). A
             // reservation that is then refused only sends its buyer on to
             // Redis next time, which is harmless.
-            let all_recorded: Vec<Durable> =
-                reservations.iter().map(|_| Durable::Recorded(0)).collect();
-            for update in announcements(&reservations, &all_recorded) {
+            for update in announcements(&reservations) {
                 if let Err(error) = bus.publish(UPDATES_CHANNEL, update).await {
                     // Replicas also reload buyers every few intervals.
                     tracing::warn!(%error, "announcing reservations failed");
@@ -225,19 +220,14 @@ mod tests {
 
     #[test]
     fn a_batch_announces_each_sale_once_with_its_buyers_and_newest_count() {
-        let batch = vec![
+        let batch = [
             reservation(1, 10, 5, 7),
             reservation(1, 11, 9, 3),
             reservation(2, 12, 2, 40),
             reservation(1, 13, 7, 5),
         ];
-        let outcomes = vec![
-            Durable::Recorded(1),
-            Durable::Recorded(2),
-            Durable::Recorded(3),
-            Durable::StaleGeneration,
-        ];
-        let updates: Vec<serde_json::Value> = announcements(&batch, &outcomes)
+        // The last one is not part of the batch announced.
+        let updates: Vec<serde_json::Value> = announcements(&batch[..3])
             .iter()
             .map(|u| serde_json::from_str(u).unwrap())
             .collect();

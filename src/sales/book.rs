@@ -115,11 +115,11 @@ impl Book {
         &self,
         info: SaleInfo,
         buyers: Vec<i64>,
-        inventory: Option<(InventoryState, i64)>,
+        inventory: Option<InventoryState>,
         fallback: i64,
     ) {
         let (version, remaining) = match inventory {
-            Some((state, remaining)) => ((state.generation, state.seq), remaining),
+            Some(state) => ((state.generation, state.seq), state.remaining),
             None => ((0, 0), fallback),
         };
         let id = info.id;

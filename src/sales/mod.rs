@@ -402,12 +402,15 @@ impl SalesService {
     /// Puts one sale in the book with its current inventory.
     async fn load(&self, info: SaleInfo) -> Result<(), Unexpected> {
         let buyers = self.store.buyers(info.id).await?;
-        let remaining = match self.inventory.state(info.id).await {
-            Ok(Some(state)) => Some((state, state.remaining)),
-            Ok(None) | Err(_) => None,
+        // Postgres' count only when Redis has none.
+        let (inventory, fallback) = match self.inventory.state(info.id).await {
+            Ok(Some(state)) => (Some(state), state.remaining),
+            Ok(None) | Err(_) => (
+                None,
+                info.total_units - self.store.live_units(info.id).await?,
+            ),
         };
-        let fallback = info.total_units - self.store.live_units(info.id).await?;
-        self.book.load(info, buyers, remaining, fallback);
+        self.book.load(info, buyers, inventory, fallback);
         Ok(())
     }
 

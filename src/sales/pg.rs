@@ -673,19 +673,16 @@ impl PgSales {
     ) -> Result<Option<i64>, Unexpected> {
         let mut client = self.pool.get().await?;
         // A cheap look first, without the fence: when someone else has
-        // already rebuilt (Redis holds Postgres' generation, and not the one
-        // that looked wrong), there is nothing to do, and taking the fence
-        // exclusively would stall every batch for nothing.
+        // already rebuilt, taking the fence exclusively would stall every
+        // batch for nothing.
         let current: i64 = client
             .query_one("SELECT generation FROM sales WHERE id = $1", &[&info.id])
             .await?
             .get(0);
-        let installed = inventory
-            .state(info.id)
-            .await
-            .map_err(Unexpected::from_error)?
-            .map(|state| state.generation);
-        if installed == Some(current) && installed != seen {
+        if rebuilt_elsewhere(inventory, info.id, current, seen)
+            .await?
+            .0
+        {
             return Ok(None);
         }
         let tx = client.transaction().await?;
@@ -700,14 +697,10 @@ impl PgSales {
             .query_one("SELECT generation FROM sales WHERE id = $1", &[&info.id])
             .await?
             .get(0);
-        let now = inventory
-            .state(info.id)
-            .await
-            .map_err(Unexpected::from_error)?
-            .map(|state| state.generation);
-        // Someone else rebuilt since the caller looked: Redis now holds
-        // Postgres' generation, and it is not the one that looked wrong.
-        if now == Some(generation) && now != seen {
+        // Looked at again under the fence: someone may have finished a
+        // rebuild while this one waited for it.
+        let (done, now) = rebuilt_elsewhere(inventory, info.id, generation, seen).await?;
+        if done {
             tx.rollback().await?;
             return Ok(None);
         }
@@ -905,6 +898,26 @@ impl PgSales {
             })
             .collect())
     }
+}
+
+/// Whether someone else has rebuilt since the caller looked: Redis holds
+/// Postgres' `generation`, and it is not the one that looked wrong (`seen`).
+/// Also returns the generation Redis holds.
+async fn rebuilt_elsewhere(
+    inventory: &RedisInventory,
+    sale: i64,
+    generation: i64,
+    seen: Option<i64>,
+) -> Result<(bool, Option<i64>), Unexpected> {
+    let installed = inventory
+        .state(sale)
+        .await
+        .map_err(Unexpected::from_error)?
+        .map(|state| state.generation);
+    Ok((
+        installed == Some(generation) && installed != seen,
+        installed,
+    ))
 }
 
 /// The first column of every row `sql` returns, on the caller's transaction.
