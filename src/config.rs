@@ -24,6 +24,7 @@ pub struct Settings {
     pub pricing: PricingSettings,
     pub broadcast: BroadcastSettings,
     pub sales: SalesSettings,
+    pub leaderboard: LeaderboardSettings,
     pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
 }
@@ -158,6 +159,19 @@ pub struct SalesSettings {
     pub settlement_batch_max: usize,
     /// How often each sale's Redis inventory is checked against Postgres.
     pub reconcile_interval_ms: u64,
+}
+
+/// The leaderboard and live portfolio values.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LeaderboardSettings {
+    /// How often the leader revalues every account (and every replica pushes
+    /// changed portfolio values to its signed-in sockets).
+    pub interval_ms: u64,
+    /// Users written to Redis per script call.
+    pub write_batch: usize,
+    /// How often each replica reloads every account from Postgres, repairing
+    /// whatever a lost bus message left stale.
+    pub resync_seconds: u64,
 }
 
 /// Rate limits; 0 switches one off.

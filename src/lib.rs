@@ -14,6 +14,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ingest;
 pub mod leader;
+pub mod leaderboard;
 pub mod ledger;
 pub mod limits;
 pub mod loadgen;

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::domain::Side;
@@ -21,6 +22,13 @@ pub struct Metrics {
     pub ws_connections: IntGauge,
     /// 1 while this replica holds leadership (ticker, feed).
     pub leader: IntGauge,
+    /// Leaderboard cycle phases: `value` (every account at live prices, CPU
+    /// only) and `write` (the changed scores to Redis, and the flip).
+    pub leaderboard_seconds: HistogramVec,
+    /// Scores written to Redis by this replica's cycles.
+    pub leaderboard_written: IntCounter,
+    /// Accounts in this replica's snapshot.
+    pub leaderboard_accounts: IntGauge,
 }
 
 impl Metrics {
@@ -55,6 +63,27 @@ impl Metrics {
         let leader = IntGauge::new("leader", "1 while this replica is the leader")?;
         registry.register(Box::new(ws_connections.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        let leaderboard_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "leaderboard_cycle_seconds",
+                "Leaderboard revaluation by phase (value: CPU; write: Redis)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["phase"],
+        )?;
+        let leaderboard_written = IntCounter::new(
+            "leaderboard_scores_written_total",
+            "Scores written to the leaderboard's sorted sets",
+        )?;
+        let leaderboard_accounts = IntGauge::new(
+            "leaderboard_accounts",
+            "Accounts in this replica's in-memory snapshot",
+        )?;
+        registry.register(Box::new(leaderboard_seconds.clone()))?;
+        registry.register(Box::new(leaderboard_written.clone()))?;
+        registry.register(Box::new(leaderboard_accounts.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -63,6 +92,9 @@ impl Metrics {
             purchases,
             ws_connections,
             leader,
+            leaderboard_seconds,
+            leaderboard_written,
+            leaderboard_accounts,
         })
     }
 

@@ -17,6 +17,7 @@ use crate::domain::Cents;
 use crate::error::Unexpected;
 use crate::http::{self, AppState};
 use crate::leader::Leadership;
+use crate::leaderboard::Leaderboard;
 use crate::ledger::PgLedger;
 use crate::metrics::Metrics;
 use crate::players::PgPlayers;
@@ -98,10 +99,26 @@ impl Application {
             PricingRules::from_settings(&settings.pricing)?,
             Duration::from_secs(settings.trading.lock_seconds),
         ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let leadership = Leadership::start(
+            settings.database.url.expose().to_string(),
+            shutdown_rx.clone(),
+        );
+        let (leaderboard, leaderboard_tasks) = Leaderboard::start(
+            pool.clone(),
+            bus.clone(),
+            hub.clone(),
+            metrics.clone(),
+            &settings.leaderboard,
+            leadership.clone(),
+            shutdown_rx.clone(),
+        )
+        .await?;
         let trading = Arc::new(TradingService::new(
             Arc::new(PgOrders::new(pool.clone())),
             players.clone(),
             publisher.clone(),
+            leaderboard.clone(),
         ));
         let sales_store = Arc::new(PgSales::new(pool.clone()));
         let sales = SalesService::start(
@@ -115,16 +132,12 @@ impl Application {
             sales_store,
             RedisInventory::new(bus.clone()),
             publisher,
+            leaderboard.clone(),
             settings.sales.settlement_batch_max,
         );
 
         let limits = Arc::new(crate::limits::RateLimits::new(&settings.limits));
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let leadership = Leadership::start(
-            settings.database.url.expose().to_string(),
-            shutdown_rx.clone(),
-        );
-        let tasks = vec![
+        let mut tasks = vec![
             auth::revocations::start(
                 revocations,
                 accounts.clone(),
@@ -172,6 +185,7 @@ impl Application {
                 shutdown_rx.clone(),
             ),
         ];
+        tasks.extend(leaderboard_tasks);
 
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
@@ -191,6 +205,7 @@ impl Application {
             limits: limits.clone(),
             trust_forwarded_for: settings.limits.trust_forwarded_for,
             sales,
+            leaderboard,
         };
         let server = http::server(
             state,

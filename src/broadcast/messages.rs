@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::Slot;
-use crate::http::wire::{timestamp, OrderResponse, PurchaseResponse};
+use crate::http::wire::{timestamp, LeaderboardEntry, OrderResponse, PurchaseResponse};
 use crate::pricing::{AppliedEvent, Tick};
 use crate::trading::Fill;
 
@@ -65,6 +65,7 @@ impl BusTick {
         };
         Slot {
             seq: self.seq,
+            price_cents: self.price_cents,
             tick_json: ByteString::from(serde_json::to_string(&tick).unwrap_or_default()),
             snapshot_json: ByteString::from(serde_json::to_string(&state).unwrap_or_default()),
         }
@@ -192,3 +193,46 @@ pub fn sale_message(sale_id: i64, remaining_units: i64, status: &str) -> String 
     })
     .to_string()
 }
+
+/// `{"type":"leaderboard",…}`: the top 10, on the bus exactly as sockets
+/// receive it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderboardMessage {
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub as_of: String,
+    /// Extension: `as_of` in Unix milliseconds, so replicas keep the newest.
+    pub as_of_ms: i64,
+    pub entries: Vec<LeaderboardEntry>,
+}
+
+/// `data` of the `leaderboard` snapshot.
+#[derive(Serialize)]
+struct LeaderboardData<'a> {
+    as_of: &'a str,
+    entries: &'a [LeaderboardEntry],
+}
+
+impl LeaderboardMessage {
+    /// The message for a cycle as of `as_of_ms`.
+    pub fn new(as_of_ms: i64, entries: Vec<LeaderboardEntry>) -> LeaderboardMessage {
+        LeaderboardMessage {
+            message_type: "leaderboard".into(),
+            as_of: from_ms(as_of_ms).map(timestamp).unwrap_or_default(),
+            as_of_ms,
+            entries,
+        }
+    }
+
+    /// The `leaderboard` snapshot `data`: `{"as_of","entries"}`.
+    pub fn data(&self) -> String {
+        serde_json::to_string(&LeaderboardData {
+            as_of: &self.as_of,
+            entries: &self.entries,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// The `leaderboard` snapshot before any cycle has been heard of.
+pub const EMPTY_LEADERBOARD: &str = r#"{"as_of":null,"entries":[]}"#;

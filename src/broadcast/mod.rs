@@ -43,6 +43,8 @@ pub const PRICES_STATE: &str = "broadcast:prices:state";
 /// (Named apart from the older one-message-per-publish channel, so a replica
 /// of the older version in a rolling deploy never misreads a batch.)
 pub const USERS_CHANNEL: &str = "broadcast:user-lines";
+/// Bus channel of the leaderboard's top 10 (the `leaderboard` wire message).
+pub const LEADERBOARD_CHANNEL: &str = "broadcast:leaderboard";
 /// Messages a socket may have queued (events, fills, replies) before it
 /// counts as stuck.
 pub const SOCKET_QUEUE: usize = 256;
@@ -55,6 +57,7 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Slot {
     pub seq: i64,
+    pub price_cents: i64,
     /// `{"player_id",…,"ts_ms"}` as it appears inside a `prices` frame.
     pub tick_json: ByteString,
     /// The `player:{id}` snapshot `data`, with `locked_until`.
@@ -67,6 +70,7 @@ struct Registration {
     events: bool,
     players: HashSet<i64>,
     sales: HashSet<i64>,
+    leaderboard: bool,
     queue: mpsc::Sender<ByteString>,
     stuck: Arc<AtomicBool>,
 }
@@ -102,6 +106,8 @@ pub struct Hub {
     sales: Mutex<HashMap<i64, SaleSlot>>,
     /// Sales changed since the last sale flush: conflated, like prices.
     dirty_sales: Mutex<HashSet<i64>>,
+    /// The latest top 10 heard of: `(as_of_ms, snapshot data)`.
+    leaderboard: Mutex<Option<(i64, ByteString)>>,
 }
 
 impl Default for Hub {
@@ -121,6 +127,7 @@ impl Hub {
             connections: AtomicUsize::new(0),
             sales: Mutex::new(HashMap::new()),
             dirty_sales: Mutex::new(HashSet::new()),
+            leaderboard: Mutex::new(None),
         }
     }
 
@@ -154,6 +161,15 @@ impl Hub {
     pub fn slot(&self, player: i64) -> Option<Slot> {
         let latest = self.latest.read().unwrap_or_else(|p| p.into_inner());
         latest.get(&player).cloned()
+    }
+
+    /// Every player's latest price: `(player id, price in cents)`.
+    pub fn prices(&self) -> Vec<(i64, i64)> {
+        let latest = self.latest.read().unwrap_or_else(|p| p.into_inner());
+        latest
+            .iter()
+            .map(|(player, slot)| (*player, slot.price_cents))
+            .collect()
     }
 
     /// Appends to `frame` every tick newer than `sent` among `players`,
@@ -209,6 +225,7 @@ impl Hub {
                 events: false,
                 players: HashSet::new(),
                 sales: HashSet::new(),
+                leaderboard: false,
                 queue,
                 stuck,
             },
@@ -216,19 +233,63 @@ impl Hub {
         id
     }
 
-    fn update_registration(
-        &self,
-        id: u64,
-        events: bool,
-        players: HashSet<i64>,
-        sales: HashSet<i64>,
-    ) {
+    fn update_registration(&self, id: u64, wants: Wants) {
         let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(registration) = sockets.all.get_mut(&id) {
-            registration.events = events;
-            registration.players = players;
-            registration.sales = sales;
+            registration.events = wants.events;
+            registration.players = wants.players;
+            registration.sales = wants.sales;
+            registration.leaderboard = wants.leaderboard;
         }
+    }
+
+    /// The `leaderboard` snapshot data: the latest top 10 heard of.
+    pub fn leaderboard_snapshot(&self) -> ByteString {
+        let leaderboard = self.leaderboard.lock().unwrap_or_else(|p| p.into_inner());
+        leaderboard.as_ref().map_or_else(
+            || ByteString::from_static(messages::EMPTY_LEADERBOARD),
+            |(_, data)| data.clone(),
+        )
+    }
+
+    /// Takes a top-10 message newer than the one held and sends it to the
+    /// sockets subscribed to `leaderboard`; an older one changes nothing.
+    pub fn leaderboard_changed(&self, message: &messages::LeaderboardMessage) {
+        {
+            let mut held = self.leaderboard.lock().unwrap_or_else(|p| p.into_inner());
+            if held
+                .as_ref()
+                .is_some_and(|(as_of, _)| *as_of >= message.as_of_ms)
+            {
+                return;
+            }
+            *held = Some((message.as_of_ms, ByteString::from(message.data())));
+        }
+        let Ok(json) = serde_json::to_string(message) else {
+            return;
+        };
+        self.route(&ByteString::from(json), |r| r.leaderboard);
+    }
+
+    /// `(user id, socket id)` of every signed-in socket on this replica.
+    pub fn user_sockets(&self) -> Vec<(i64, u64)> {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets
+            .by_user
+            .iter()
+            .flat_map(|(user, ids)| ids.iter().map(move |id| (*user, *id)))
+            .collect()
+    }
+
+    /// Offers `message` to one socket, unless its queue is full: for state
+    /// the next message supersedes, so a slow socket is not closed over it.
+    /// Returns whether it was queued.
+    pub fn offer_to_socket(&self, id: u64, message: &ByteString) -> bool {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets
+            .all
+            .get(&id)
+            .is_some_and(|r| r.queue.try_send(message.clone()).is_ok())
     }
 
     /// The `sale:{id}` snapshot data, if the sale exists.
@@ -292,6 +353,7 @@ impl Hub {
         let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         for registration in sockets.all.values() {
             if registration.events
+                || registration.leaderboard
                 || !registration.players.is_empty()
                 || !registration.sales.is_empty()
                 || registration.user.is_some()
@@ -317,6 +379,12 @@ impl Hub {
                 }
                 Err(error) => tracing::warn!(%error, "malformed event message"),
             },
+            LEADERBOARD_CHANNEL => {
+                match serde_json::from_str::<messages::LeaderboardMessage>(payload) {
+                    Ok(message) => self.leaderboard_changed(&message),
+                    Err(error) => tracing::warn!(%error, "malformed leaderboard message"),
+                }
+            }
             USERS_CHANNEL => {
                 let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
                 // One line per message (JSON never contains a raw newline).
@@ -431,6 +499,23 @@ pub fn accept(
     Ok(response)
 }
 
+/// Every bus channel the hub listens to.
+const HUB_CHANNELS: [&str; 4] = [
+    PRICES_CHANNEL,
+    EVENTS_CHANNEL,
+    USERS_CHANNEL,
+    LEADERBOARD_CHANNEL,
+];
+
+/// What one socket is subscribed to, for routing.
+#[derive(Debug, Default)]
+pub(crate) struct Wants {
+    pub events: bool,
+    pub players: HashSet<i64>,
+    pub sales: HashSet<i64>,
+    pub leaderboard: bool,
+}
+
 /// Subscribes the hub to the bus, then feeds it from the bus and from
 /// Postgres until `shutdown` flips. Returns once subscribed, so a replica
 /// that answers requests already hears every replica's prices.
@@ -441,7 +526,7 @@ pub async fn start_hub(
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let messages = bus.messages();
-    for channel in [PRICES_CHANNEL, EVENTS_CHANNEL, USERS_CHANNEL] {
+    for channel in HUB_CHANNELS {
         bus.subscribe_retrying(channel).await;
     }
     tokio::spawn(feed_hub(hub, bus, prices, messages, shutdown))
@@ -454,10 +539,8 @@ async fn feed_hub(
     mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let names: HashMap<String, &'static str> = [PRICES_CHANNEL, EVENTS_CHANNEL, USERS_CHANNEL]
-        .into_iter()
-        .map(|c| (bus.key(c), c))
-        .collect();
+    let names: HashMap<String, &'static str> =
+        HUB_CHANNELS.into_iter().map(|c| (bus.key(c), c)).collect();
     let mut every = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         tokio::select! {
@@ -684,7 +767,14 @@ mod tests {
             let (queue, _receiver) = mpsc::channel(2);
             let stuck = Arc::new(AtomicBool::new(false));
             let id = hub.register(None, queue, stuck.clone());
-            hub.update_registration(id, events, players.into_iter().collect(), HashSet::new());
+            hub.update_registration(
+                id,
+                Wants {
+                    events,
+                    players: players.into_iter().collect(),
+                    ..Wants::default()
+                },
+            );
             flags.push(stuck);
         }
         hub.lost_messages();
@@ -728,7 +818,13 @@ mod tests {
         let (queue, _receiver) = mpsc::channel(2);
         let stuck = Arc::new(AtomicBool::new(false));
         let id = hub.register(None, queue, stuck.clone());
-        hub.update_registration(id, true, HashSet::new(), HashSet::new());
+        hub.update_registration(
+            id,
+            Wants {
+                events: true,
+                ..Wants::default()
+            },
+        );
         let event = serde_json::to_string(&messages::EventMessage {
             message_type: "event".into(),
             player_id: 1,

@@ -110,12 +110,14 @@ enum Channel {
     Sale(i64),
     Events,
     User,
+    Leaderboard,
 }
 
 fn parse_channel(name: &str) -> Option<Channel> {
     match name {
         "events" => Some(Channel::Events),
         "user" => Some(Channel::User),
+        "leaderboard" => Some(Channel::Leaderboard),
         _ => {
             let id = |prefix: &str| {
                 name.strip_prefix(prefix)
@@ -160,13 +162,21 @@ struct Socket {
     shared: Rc<Shared>,
     events: bool,
     sales: HashSet<i64>,
+    leaderboard: bool,
 }
 
 impl Socket {
     fn registration_changed(&self) {
         let players: HashSet<i64> = self.shared.sent.borrow().keys().copied().collect();
-        self.hub
-            .update_registration(self.id, self.events, players, self.sales.clone());
+        self.hub.update_registration(
+            self.id,
+            super::Wants {
+                events: self.events,
+                players,
+                sales: self.sales.clone(),
+                leaderboard: self.leaderboard,
+            },
+        );
     }
 
     fn handle_text(&mut self, text: &str) -> Vec<ByteString> {
@@ -201,6 +211,16 @@ impl Socket {
                     accepted.push(name);
                 }
                 Some(Channel::User) if self.user.is_some() => accepted.push(name),
+                Some(Channel::Leaderboard) => {
+                    self.leaderboard = true;
+                    if !snapshot.is_empty() {
+                        snapshot.push(',');
+                    }
+                    snapshot.push_str("{\"channel\":\"leaderboard\",\"data\":");
+                    snapshot.push_str(&self.hub.leaderboard_snapshot());
+                    snapshot.push('}');
+                    accepted.push(name);
+                }
                 Some(Channel::Sale(id)) => {
                     if !self.sales.contains(&id) && self.sales.len() >= MAX_CHANNELS_PER_SOCKET {
                         over_limit.push(name.clone());
@@ -282,6 +302,10 @@ impl Socket {
                     removed.push(name)
                 }
                 Some(Channel::Sale(id)) if self.sales.remove(&id) => removed.push(name),
+                Some(Channel::Leaderboard) if self.leaderboard => {
+                    self.leaderboard = false;
+                    removed.push(name);
+                }
                 _ => {}
             }
         }
@@ -426,6 +450,7 @@ pub(super) async fn run(
         shared: shared.clone(),
         events: false,
         sales: HashSet::new(),
+        leaderboard: false,
     };
     let mut bucket = TokenBucket::new(limits.burst, limits.messages_per_sec, Instant::now());
     let mut stuck_check = tokio::time::interval(STUCK_CHECK_INTERVAL);

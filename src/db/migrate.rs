@@ -16,6 +16,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_drops",
         include_str!("../../migrations/0003_drops.sql"),
     ),
+    (
+        "0004_leaderboard",
+        include_str!("../../migrations/0004_leaderboard.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.

@@ -235,6 +235,21 @@ impl From<crate::sales::SalesError> for ApiError {
     }
 }
 
+impl From<crate::leaderboard::LeaderboardError> for ApiError {
+    fn from(error: crate::leaderboard::LeaderboardError) -> ApiError {
+        use crate::leaderboard::LeaderboardError;
+        match error {
+            LeaderboardError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "leaderboard_unavailable",
+                "the leaderboard is being revalued; retry in a second",
+            )
+            .retry_after(1_000),
+            LeaderboardError::Unexpected(cause) => ApiError::from(cause),
+        }
+    }
+}
+
 impl From<crate::sales::PurchaseRejection> for ApiError {
     fn from(rejection: crate::sales::PurchaseRejection) -> ApiError {
         use crate::sales::PurchaseRejection;

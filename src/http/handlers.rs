@@ -24,6 +24,8 @@ type Reply = Result<HttpResponse, ApiError>;
 const HISTORY_LIMIT: (i64, i64) = (500, 5_000);
 /// Default and maximum `limit` of `/orders`.
 const ORDERS_LIMIT: (i64, i64) = (50, 500);
+/// Default and maximum `limit` of `/leaderboard`.
+const LEADERBOARD_LIMIT: (i64, i64) = (100, 1_000);
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
@@ -95,6 +97,13 @@ pub async fn register(
     let body: CredentialsRequest = extract::json(&req, payload).await?;
     let (username, password) = parse_credentials(&body)?;
     let (user_id, token) = state.auth.register(&username, password).await?;
+    state
+        .leaderboard
+        .joined(
+            &[(user_id, username.as_str().to_string())],
+            state.auth.starting_balance(),
+        )
+        .await;
     Ok(HttpResponse::Created().json(RegisterResponse {
         user_id: user_id.0,
         username: username.as_str().to_string(),
@@ -168,6 +177,11 @@ pub async fn bulk_users(
         .auth
         .bulk_create(&usernames, Cents::new(balance))
         .await?;
+    let joined: Vec<(UserId, String)> = created
+        .iter()
+        .map(|(id, username, _)| (*id, username.clone()))
+        .collect();
+    state.leaderboard.joined(&joined, Cents::new(balance)).await;
     Ok(HttpResponse::Created().json(BulkUsersResponse {
         users: created
             .into_iter()
@@ -575,4 +589,27 @@ pub async fn sale_audit(
     let sale_id = extract::path_id(&path, "sale")?;
     let audit = state.sales.audit(sale_id).await?;
     Ok(HttpResponse::Ok().json(SaleAuditResponse::from(audit)))
+}
+
+pub async fn leaderboard(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    let limit = extract::limit(&req, LEADERBOARD_LIMIT.0, LEADERBOARD_LIMIT.1)?;
+    let ranking = state
+        .leaderboard
+        .top(usize::try_from(limit).unwrap_or(1))
+        .await?;
+    Ok(HttpResponse::Ok().json(LeaderboardResponse {
+        as_of: timestamp(ranking.as_of),
+        entries: ranking.entries,
+    }))
+}
+
+pub async fn leaderboard_me(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    let claims = signed_in(&state, &req)?;
+    let place = state.leaderboard.place(claims.user_id).await?;
+    Ok(HttpResponse::Ok().json(StandingResponse {
+        rank: place.rank,
+        net_worth_cents: place.net_worth.get(),
+        total_users: place.total_users,
+        as_of: timestamp(place.as_of),
+    }))
 }

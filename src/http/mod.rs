@@ -46,6 +46,7 @@ pub struct AppState {
     pub limits: Arc<crate::limits::RateLimits>,
     pub trust_forwarded_for: bool,
     pub sales: Arc<crate::sales::SalesService>,
+    pub leaderboard: Arc<crate::leaderboard::Leaderboard>,
 }
 
 /// Registers every route of API.md.
@@ -71,6 +72,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(list_orders)),
                 )
                 .service(resource("/portfolio").route(web::get().to(portfolio)))
+                .service(resource("/leaderboard").route(web::get().to(leaderboard)))
+                .service(resource("/leaderboard/me").route(web::get().to(leaderboard_me)))
                 .service(resource("/admin/users/bulk").route(web::post().to(bulk_users)))
                 .service(resource("/admin/players").route(web::post().to(create_player)))
                 .service(resource("/admin/audit").route(web::get().to(audit)))

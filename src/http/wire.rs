@@ -160,8 +160,12 @@ pub struct HoldingResponse {
     pub player_id: i64,
     pub quantity: i64,
     pub avg_cost_cents: i64,
+    /// Extension: the position's cost basis.
+    pub cost_cents: i64,
     pub price_cents: i64,
     pub value_cents: i64,
+    /// Extension: unrealised profit (negative: loss), `value − cost`.
+    pub profit_cents: i64,
 }
 
 #[derive(Serialize)]
@@ -169,6 +173,10 @@ pub struct PortfolioResponse {
     pub cash_cents: i64,
     pub held_cents: i64,
     pub holdings: Vec<HoldingResponse>,
+    /// Extension: Σ of the holdings' values.
+    pub holdings_value_cents: i64,
+    /// Extension: Σ of the holdings' unrealised profits.
+    pub profit_cents: i64,
     pub net_worth_cents: i64,
 }
 
@@ -184,13 +192,51 @@ impl From<Portfolio> for PortfolioResponse {
                     player_id: h.player.0,
                     quantity: h.quantity,
                     avg_cost_cents: h.avg_cost.get(),
+                    cost_cents: h.cost.get(),
                     price_cents: h.price.get(),
                     value_cents: h.value.get(),
+                    profit_cents: h.profit.get(),
                 })
                 .collect(),
+            holdings_value_cents: portfolio.holdings_value.get(),
+            profit_cents: portfolio.profit.get(),
             net_worth_cents: portfolio.net_worth.get(),
         }
     }
+}
+
+/// One row of the leaderboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderboardEntry {
+    pub rank: i64,
+    pub user_id: i64,
+    pub username: String,
+    pub net_worth_cents: i64,
+}
+
+#[derive(Serialize)]
+pub struct LeaderboardResponse {
+    pub as_of: String,
+    pub entries: Vec<LeaderboardEntry>,
+}
+
+#[derive(Serialize)]
+pub struct StandingResponse {
+    pub rank: i64,
+    pub net_worth_cents: i64,
+    pub total_users: i64,
+    pub as_of: String,
+}
+
+/// `{"type":"portfolio",…}` on the `user` channel (an extension): the
+/// `/portfolio` body valued at the replica's live prices.
+#[derive(Serialize)]
+pub struct PortfolioMessage {
+    #[serde(rename = "type")]
+    pub message_type: &'static str,
+    pub as_of: String,
+    #[serde(flatten)]
+    pub portfolio: PortfolioResponse,
 }
 
 #[derive(Serialize)]

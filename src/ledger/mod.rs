@@ -14,6 +14,7 @@
 mod pg;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 pub use pg::PgLedger;
 
@@ -23,8 +24,41 @@ use crate::error::Unexpected;
 /// SQL statement run on the caller's transaction.
 pub mod posting {
     pub use super::pg::{
-        balances, capture_holds, credit_from_market, debit_to_market, hold_cash, open_accounts,
+        account_states, balances, capture_holds, credit_from_market, debit_to_market, hold_cash,
+        open_accounts,
     };
+}
+
+/// Everything a user owns, as of one `revision` (bumped by every change of
+/// their cash, held cash or holdings: see `migrations/0004_leaderboard.sql`).
+/// Read inside the transaction that made the change, so it is exactly the
+/// state that commit left; consumers keep the highest revision they hear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    pub user_id: i64,
+    pub username: String,
+    pub revision: i64,
+    /// Total cash, including `held_cents`.
+    pub cash_cents: i64,
+    pub held_cents: i64,
+    /// Non-empty holdings, by player id.
+    pub holdings: Vec<Position>,
+}
+
+/// One holding inside an [`AccountState`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub player_id: i64,
+    pub quantity: i64,
+    /// Cost basis of the shares held.
+    pub cost_cents: i64,
+}
+
+/// Told, after commit, of every account a transaction changed (the
+/// leaderboard's snapshots on every replica are kept current this way).
+/// Must not block: implementations queue.
+pub trait AccountSink: Send + Sync {
+    fn accounts_changed(&self, states: Vec<AccountState>);
 }
 
 /// The books at one instant, as `/api/v1/admin/audit` reports them.

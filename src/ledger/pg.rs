@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tokio_postgres::Transaction;
 
-use super::{AuditReport, Ledger};
+use super::{AccountState, AuditReport, Ledger, Position};
 use crate::domain::{Cents, UserId};
 use crate::error::Unexpected;
 
@@ -98,7 +98,7 @@ pub async fn debit_to_market(
     let row = tx
         .query_opt(
             "WITH debit AS (
-                 UPDATE users SET cash_cents = cash_cents - $2
+                 UPDATE users SET cash_cents = cash_cents - $2, revision = revision + 1
                   WHERE id = $1 AND cash_cents - held_cents >= $2
                  RETURNING cash_cents
              ), entries AS (
@@ -129,7 +129,8 @@ pub async fn credit_from_market(
     let row = tx
         .query_one(
             "WITH credit AS (
-                 UPDATE users SET cash_cents = cash_cents + $2 WHERE id = $1
+                 UPDATE users SET cash_cents = cash_cents + $2, revision = revision + 1
+                  WHERE id = $1
                  RETURNING cash_cents
              ), entries AS (
                  INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
@@ -176,7 +177,7 @@ pub async fn hold_cash(
         .unzip();
     let rows = tx
         .query(
-            "UPDATE users u SET held_cents = u.held_cents + h.amount
+            "UPDATE users u SET held_cents = u.held_cents + h.amount, revision = u.revision + 1
                FROM unnest($1::bigint[], $2::bigint[]) AS h(user_id, amount)
               WHERE u.id = h.user_id AND h.amount > 0
                 AND u.cash_cents - u.held_cents >= h.amount
@@ -219,7 +220,8 @@ pub async fn capture_holds(
                  SELECT user_id, sum(amount)::bigint AS amount FROM c GROUP BY user_id
              ), capture AS (
                  UPDATE users u SET cash_cents = u.cash_cents - p.amount,
-                                    held_cents = u.held_cents - p.amount
+                                    held_cents = u.held_cents - p.amount,
+                                    revision = u.revision + 1
                    FROM per_user p
                   WHERE u.id = p.user_id AND u.held_cents >= p.amount
                  RETURNING u.id
@@ -235,4 +237,58 @@ pub async fn capture_holds(
         )
         .await?;
     Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// The current state of each of `users` (every user when `None`), read on
+/// the caller's transaction or connection: a writer calls it just before it
+/// commits, so the state is the one its commit leaves.
+pub async fn account_states(
+    client: &impl tokio_postgres::GenericClient,
+    users: Option<&[i64]>,
+) -> Result<Vec<AccountState>, tokio_postgres::Error> {
+    const COLUMNS: &str = "SELECT u.id, u.username, u.revision, u.cash_cents, u.held_cents,
+               coalesce(array_agg(h.player_id ORDER BY h.player_id)
+                        FILTER (WHERE h.quantity > 0), '{}'),
+               coalesce(array_agg(h.quantity ORDER BY h.player_id)
+                        FILTER (WHERE h.quantity > 0), '{}'),
+               coalesce(array_agg(h.cost_cents ORDER BY h.player_id)
+                        FILTER (WHERE h.quantity > 0), '{}')
+          FROM users u LEFT JOIN holdings h ON h.user_id = u.id";
+    // Two statements rather than `$1 IS NULL OR …`, which would cost a
+    // writer a scan of every user under a generic plan.
+    let rows = match users {
+        Some(users) => {
+            let sql = format!("{COLUMNS} WHERE u.id = ANY($1) GROUP BY u.id");
+            client.query(&sql, &[&users]).await?
+        }
+        None => {
+            let sql = format!("{COLUMNS} GROUP BY u.id");
+            client.query(&sql, &[]).await?
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let players: Vec<i64> = row.get(5);
+            let quantities: Vec<i64> = row.get(6);
+            let costs: Vec<i64> = row.get(7);
+            AccountState {
+                user_id: row.get(0),
+                username: row.get(1),
+                revision: row.get(2),
+                cash_cents: row.get(3),
+                held_cents: row.get(4),
+                holdings: players
+                    .into_iter()
+                    .zip(quantities)
+                    .zip(costs)
+                    .map(|((player_id, quantity), cost_cents)| Position {
+                        player_id,
+                        quantity,
+                        cost_cents,
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
 }

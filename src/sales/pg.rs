@@ -14,7 +14,7 @@ use super::{
 };
 use crate::domain::{Cents, PlayerId, UserId};
 use crate::error::Unexpected;
-use crate::ledger::posting;
+use crate::ledger::{posting, AccountState};
 
 /// Advisory lock class of a sale's waitlist (see `players::gate` for the
 /// trade gate's class): joins of one sale take positions one at a time.
@@ -99,6 +99,16 @@ pub struct Failure {
 pub struct HoldOutcome {
     pub held: Vec<(UserId, Purchase)>,
     pub failures: Vec<Failure>,
+    /// The accounts whose cash was held, as this step's commit left them.
+    pub accounts: Vec<AccountState>,
+}
+
+/// What a CAPTURE step completed.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub completed: Vec<(UserId, Purchase)>,
+    /// The buyers' accounts as this step's commit left them.
+    pub accounts: Vec<AccountState>,
 }
 
 impl PgSales {
@@ -800,6 +810,10 @@ impl PgSales {
             &[&held_ids],
         )
         .await?;
+        let held_users: Vec<i64> = held_users.iter().map(|user| user.0).collect();
+        if !held_users.is_empty() {
+            outcome.accounts = posting::account_states(&*tx, Some(&held_users)).await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
@@ -807,7 +821,7 @@ impl PgSales {
     /// CAPTURE: claims up to `max` held purchases and completes them: cash
     /// and held fall by the amount, which moves to the market in the
     /// ledger, and the units become holdings of the sale's player.
-    pub async fn capture_step(&self, max: i64) -> Result<Vec<(UserId, Purchase)>, Unexpected> {
+    pub async fn capture_step(&self, max: i64) -> Result<Captured, Unexpected> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let rows = tx
@@ -823,7 +837,7 @@ impl PgSales {
             .await?;
         if rows.is_empty() {
             tx.rollback().await?;
-            return Ok(Vec::new());
+            return Ok(Captured::default());
         }
         let ids: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
         let captures: Vec<(UserId, Cents, String)> = rows
@@ -879,8 +893,9 @@ impl PgSales {
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect();
+        let accounts = posting::account_states(&*tx, Some(&users)).await?;
         tx.commit().await?;
-        Ok(rows
+        let completed = rows
             .iter()
             .map(|row| {
                 let id: i64 = row.get(0);
@@ -896,7 +911,11 @@ impl PgSales {
                     },
                 )
             })
-            .collect())
+            .collect();
+        Ok(Captured {
+            completed,
+            accounts,
+        })
     }
 }
 

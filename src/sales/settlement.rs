@@ -15,6 +15,7 @@ use super::redis::RedisInventory;
 use super::PurchaseNotifier;
 use crate::domain::UserId;
 use crate::error::Unexpected;
+use crate::ledger::AccountSink;
 
 /// How long an idle worker sleeps before looking for work again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -24,6 +25,7 @@ pub struct Settler {
     store: Arc<PgSales>,
     inventory: RedisInventory,
     notifier: Arc<dyn PurchaseNotifier>,
+    accounts: Arc<dyn AccountSink>,
     batch_max: u64,
 }
 
@@ -33,23 +35,28 @@ impl Settler {
         store: Arc<PgSales>,
         inventory: RedisInventory,
         notifier: Arc<dyn PurchaseNotifier>,
+        accounts: Arc<dyn AccountSink>,
         batch_max: usize,
     ) -> Settler {
         Settler {
             store,
             inventory,
             notifier,
+            accounts,
             batch_max: batch_max.max(1) as u64,
         }
     }
 
     /// Completes held purchases; returns how many.
     async fn capture(&self) -> Result<usize, Unexpected> {
-        let completed = self.store.capture_step(self.batch_max as i64).await?;
-        for (user, purchase) in &completed {
+        let captured = self.store.capture_step(self.batch_max as i64).await?;
+        if !captured.accounts.is_empty() {
+            self.accounts.accounts_changed(captured.accounts);
+        }
+        for (user, purchase) in &captured.completed {
             self.notifier.purchase_changed(*user, purchase).await;
         }
-        Ok(completed.len())
+        Ok(captured.completed.len())
     }
 
     /// Sends a failed purchase's units back to the counter (those the
@@ -98,7 +105,11 @@ impl Settler {
         if tokens == 0 {
             return Ok(moved);
         }
-        let outcome = self.store.hold_step(tokens as i64).await?;
+        let mut outcome = self.store.hold_step(tokens as i64).await?;
+        if !outcome.accounts.is_empty() {
+            self.accounts
+                .accounts_changed(std::mem::take(&mut outcome.accounts));
+        }
         let claimed = (outcome.held.len() + outcome.failures.len()) as u64;
         if let (Some(window), true) = (window, claimed < tokens) {
             if let Err(error) = self.inventory.refund_tokens(window, tokens - claimed).await {

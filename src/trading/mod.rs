@@ -20,6 +20,7 @@ pub use pg::PgOrders;
 use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::IdempotencyKey;
+use crate::ledger::{AccountSink, AccountState};
 use crate::players::{PriceReader, Quote};
 
 /// Endpoint name that scopes idempotency keys of orders.
@@ -94,6 +95,8 @@ pub struct Placed {
     pub outcome: Result<Fill, Rejection>,
     /// True when this is the stored outcome of an earlier request.
     pub replayed: bool,
+    /// The user's account as this fill's commit left it (a new fill only).
+    pub account: Option<AccountState>,
 }
 
 /// Failures that are not remembered: a retry executes again.
@@ -134,8 +137,12 @@ pub struct ValuedHolding {
     pub quantity: i64,
     /// Cost basis per share, rounded down.
     pub avg_cost: Cents,
+    /// Cost basis of the whole position.
+    pub cost: Cents,
     pub price: Cents,
     pub value: Cents,
+    /// Unrealised profit (negative: loss): `value − cost`.
+    pub profit: Cents,
 }
 
 /// A portfolio valued at live prices.
@@ -144,6 +151,10 @@ pub struct Portfolio {
     pub cash: Cents,
     pub held: Cents,
     pub holdings: Vec<ValuedHolding>,
+    /// Σ of the holdings' values.
+    pub holdings_value: Cents,
+    /// Σ of the holdings' unrealised profits.
+    pub profit: Cents,
     pub net_worth: Cents,
 }
 
@@ -171,27 +182,33 @@ pub struct TradingService {
     store: Arc<dyn OrderStore>,
     prices: Arc<dyn PriceReader>,
     notifier: Arc<dyn FillNotifier>,
+    accounts: Arc<dyn AccountSink>,
 }
 
 impl TradingService {
     /// A service over `store`, reading prices from `prices`, telling
-    /// `notifier` of fills.
+    /// `notifier` of fills and `accounts` of the accounts they change.
     pub fn new(
         store: Arc<dyn OrderStore>,
         prices: Arc<dyn PriceReader>,
         notifier: Arc<dyn FillNotifier>,
+        accounts: Arc<dyn AccountSink>,
     ) -> TradingService {
         TradingService {
             store,
             prices,
             notifier,
+            accounts,
         }
     }
 
     /// Places an order at the live price.
     #[tracing::instrument(skip_all, fields(user_id = %order.user, player_id = %order.player))]
     pub async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError> {
-        let placed = self.store.place(order).await?;
+        let mut placed = self.store.place(order).await?;
+        if let Some(account) = placed.account.take() {
+            self.accounts.accounts_changed(vec![account]);
+        }
         if let (false, Ok(fill)) = (placed.replayed, &placed.outcome) {
             self.notifier.order_filled(order.user, fill).await;
         }
@@ -216,7 +233,8 @@ impl TradingService {
 /// Values positions at `quotes`; pure, so it is tested without a database.
 pub fn value_portfolio(positions: Positions, quotes: &[Quote]) -> Result<Portfolio, Unexpected> {
     let overflow = || Unexpected::msg("portfolio value overflows i64");
-    let mut net_worth = positions.cash;
+    let mut holdings_value = Cents::ZERO;
+    let mut profit: i64 = 0;
     let mut holdings = Vec::with_capacity(positions.holdings.len());
     for holding in positions.holdings {
         let quote = quotes
@@ -228,22 +246,31 @@ pub fn value_portfolio(positions: Positions, quotes: &[Quote]) -> Result<Portfol
             .get()
             .checked_mul(holding.quantity)
             .ok_or_else(overflow)?;
-        net_worth = net_worth
+        let gain = value.checked_sub(holding.cost.get()).ok_or_else(overflow)?;
+        holdings_value = holdings_value
             .checked_add(Cents::new(value))
             .ok_or_else(overflow)?;
+        profit = profit.checked_add(gain).ok_or_else(overflow)?;
         holdings.push(ValuedHolding {
             player: holding.player,
             quantity: holding.quantity,
             avg_cost: Cents::new(holding.cost.get() / holding.quantity.max(1)),
+            cost: holding.cost,
             price: quote.price,
             value: Cents::new(value),
+            profit: Cents::new(gain),
         });
     }
     Ok(Portfolio {
         cash: positions.cash,
         held: positions.held,
         holdings,
-        net_worth,
+        holdings_value,
+        profit: Cents::new(profit),
+        net_worth: positions
+            .cash
+            .checked_add(holdings_value)
+            .ok_or_else(overflow)?,
     })
 }
 
@@ -289,6 +316,10 @@ mod tests {
         assert_eq!(portfolio.holdings[0].avg_cost, Cents::new(100));
         assert_eq!(portfolio.holdings[0].value, Cents::new(330));
         assert_eq!(portfolio.holdings[1].avg_cost, Cents::new(25));
+        assert_eq!(portfolio.holdings[0].profit, Cents::new(330 - 301));
+        assert_eq!(portfolio.holdings[1].profit, Cents::new(14 - 50));
+        assert_eq!(portfolio.holdings_value, Cents::new(344));
+        assert_eq!(portfolio.profit, Cents::new(29 - 36));
     }
 
     #[test]

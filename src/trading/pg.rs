@@ -113,6 +113,7 @@ async fn finish(
     Ok(Placed {
         outcome,
         replayed: false,
+        account: None,
     })
 }
 
@@ -162,6 +163,7 @@ impl OrderStore for PgOrders {
                 return Ok(Placed {
                     outcome: decode(stored)?,
                     replayed: true,
+                    account: None,
                 });
             }
         }
@@ -308,7 +310,14 @@ impl OrderStore for PgOrders {
             epoch,
             executed_at,
         };
-        finish(tx, order, Ok(filled)).await
+        // What this commit leaves the user with, for the leaderboard.
+        let account = posting::account_states(&*tx, Some(&[order.user.0]))
+            .await
+            .map_err(unexpected)?
+            .pop();
+        let mut placed = finish(tx, order, Ok(filled)).await?;
+        placed.account = account;
+        Ok(placed)
     }
 
     async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Fill>, Unexpected> {

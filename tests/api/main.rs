@@ -7,6 +7,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod leaderboard;
 mod leadership;
 mod players;
 mod replay;

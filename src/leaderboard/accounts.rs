@@ -1,0 +1,330 @@
+//! The replica's in-memory copy of every account (cash, held cash,
+//! holdings), and valuing them at a table of live prices.
+//!
+//! Each account carries the `revision` Postgres gave it; a state replaces
+//! the copy only when it is newer, so states heard out of order (from
+//! several replicas, or a reload racing a fill) never move an account
+//! backwards. A full reload from Postgres also replaces an equal revision:
+//! the copy at that revision may have been assembled while a message was
+//! lost, the reload is the truth.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::ledger::AccountState;
+
+/// A player's live price by player id, copied once per revaluation.
+#[derive(Debug, Default, Clone)]
+pub struct PriceTable {
+    /// Indexed by player id; 0 means no price is known.
+    dense: Vec<i64>,
+}
+
+/// Player ids above this are not priced (ids are a sequence from 1; this
+/// bounds the table's memory at 8 MB whatever a corrupt id says).
+const MAX_PLAYER_ID: i64 = 1 << 20;
+
+impl PriceTable {
+    /// A table of `(player id, price in cents)`.
+    pub fn new(prices: impl IntoIterator<Item = (i64, i64)>) -> PriceTable {
+        let mut dense = Vec::new();
+        for (player, price) in prices {
+            let Ok(index) = usize::try_from(player) else {
+                continue;
+            };
+            if player > MAX_PLAYER_ID {
+                continue;
+            }
+            if dense.len() <= index {
+                dense.resize(index + 1, 0);
+            }
+            dense[index] = price;
+        }
+        PriceTable { dense }
+    }
+
+    /// The price of `player`, if known.
+    pub fn get(&self, player: i64) -> Option<i64> {
+        usize::try_from(player)
+            .ok()
+            .and_then(|index| self.dense.get(index).copied())
+            .filter(|price| *price > 0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holding {
+    player: i64,
+    quantity: i64,
+    cost: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Account {
+    username: Arc<str>,
+    revision: i64,
+    cash: i64,
+    held: i64,
+    holdings: Box<[Holding]>,
+}
+
+impl Account {
+    fn from_state(state: AccountState) -> Account {
+        Account {
+            username: Arc::from(state.username),
+            revision: state.revision,
+            cash: state.cash_cents,
+            held: state.held_cents,
+            holdings: state
+                .holdings
+                .into_iter()
+                .filter(|p| p.quantity > 0)
+                .map(|p| Holding {
+                    player: p.player_id,
+                    quantity: p.quantity,
+                    cost: p.cost_cents,
+                })
+                .collect(),
+        }
+    }
+
+    /// Cash plus every holding at `prices`, or `None` when a held player has
+    /// no price. Saturates rather than wrapping (no account comes near).
+    fn net_worth(&self, prices: &PriceTable) -> Option<i64> {
+        let mut worth = self.cash;
+        for holding in self.holdings.iter() {
+            let price = prices.get(holding.player)?;
+            worth = worth.saturating_add(price.saturating_mul(holding.quantity));
+        }
+        Some(worth)
+    }
+
+    fn state(&self, user_id: i64) -> AccountState {
+        AccountState {
+            user_id,
+            username: self.username.to_string(),
+            revision: self.revision,
+            cash_cents: self.cash,
+            held_cents: self.held,
+            holdings: self
+                .holdings
+                .iter()
+                .map(|h| crate::ledger::Position {
+                    player_id: h.player,
+                    quantity: h.quantity,
+                    cost_cents: h.cost,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Every account this replica knows of.
+#[derive(Default)]
+pub struct Accounts {
+    by_user: RwLock<HashMap<i64, Account>>,
+}
+
+/// What one valuation found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Valuation {
+    pub valued: usize,
+    /// Accounts left out because a player they hold has no price yet.
+    pub unpriced: usize,
+}
+
+impl Accounts {
+    /// Takes each state that is newer than the copy (or unknown). Returns
+    /// how many changed.
+    pub fn apply(&self, states: impl IntoIterator<Item = AccountState>) -> usize {
+        self.merge(states, false)
+    }
+
+    /// Takes a full read from Postgres: each state at least as new as the
+    /// copy replaces it. Returns how many changed.
+    pub fn reload(&self, states: impl IntoIterator<Item = AccountState>) -> usize {
+        self.merge(states, true)
+    }
+
+    fn merge(&self, states: impl IntoIterator<Item = AccountState>, replace_equal: bool) -> usize {
+        let mut by_user = self.by_user.write().unwrap_or_else(|p| p.into_inner());
+        let mut changed = 0;
+        for state in states {
+            let take = match by_user.get(&state.user_id) {
+                None => true,
+                Some(known) if replace_equal => state.revision >= known.revision,
+                Some(known) => state.revision > known.revision,
+            };
+            if take {
+                by_user.insert(state.user_id, Account::from_state(state));
+                changed += 1;
+            }
+        }
+        changed
+    }
+
+    /// Accounts known.
+    pub fn len(&self) -> usize {
+        self.by_user.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no account is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The username of `user`, if known.
+    pub fn username(&self, user: i64) -> Option<Arc<str>> {
+        let by_user = self.by_user.read().unwrap_or_else(|p| p.into_inner());
+        by_user.get(&user).map(|a| a.username.clone())
+    }
+
+    /// The account of `user` as last heard.
+    pub fn state(&self, user: i64) -> Option<AccountState> {
+        let by_user = self.by_user.read().unwrap_or_else(|p| p.into_inner());
+        by_user.get(&user).map(|account| account.state(user))
+    }
+
+    /// Appends `(user id, net worth)` for every account whose players all
+    /// have a price, in no particular order.
+    pub fn net_worths(&self, prices: &PriceTable, out: &mut Vec<(i64, i64)>) -> Valuation {
+        let by_user = self.by_user.read().unwrap_or_else(|p| p.into_inner());
+        out.reserve(by_user.len());
+        let mut valuation = Valuation::default();
+        for (user, account) in by_user.iter() {
+            match account.net_worth(prices) {
+                Some(worth) => {
+                    out.push((*user, worth));
+                    valuation.valued += 1;
+                }
+                None => valuation.unpriced += 1,
+            }
+        }
+        valuation
+    }
+}
+
+/// Leaderboard order: higher net worth first, then the lower user id.
+pub fn ranking_order(a: &(i64, i64), b: &(i64, i64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The first `n` of `values` in leaderboard order; reorders `values`.
+pub fn top(values: &mut [(i64, i64)], n: usize) -> Vec<(i64, i64)> {
+    if n == 0 || values.is_empty() {
+        return Vec::new();
+    }
+    if values.len() > n {
+        values.select_nth_unstable_by(n - 1, ranking_order);
+    }
+    let mut best = values[..n.min(values.len())].to_vec();
+    best.sort_unstable_by(ranking_order);
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Position;
+
+    fn state(user: i64, revision: i64, cash: i64, holdings: &[(i64, i64)]) -> AccountState {
+        AccountState {
+            user_id: user,
+            username: format!("user{user}"),
+            revision,
+            cash_cents: cash,
+            held_cents: 0,
+            holdings: holdings
+                .iter()
+                .map(|&(player_id, quantity)| Position {
+                    player_id,
+                    quantity,
+                    cost_cents: quantity * 100,
+                })
+                .collect(),
+        }
+    }
+
+    fn worths(accounts: &Accounts, prices: &PriceTable) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        accounts.net_worths(prices, &mut out);
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn net_worth_is_cash_plus_holdings_at_the_table_s_prices() {
+        let accounts = Accounts::default();
+        accounts.apply([state(1, 1, 1_000, &[(3, 2), (7, 5)]), state(2, 0, 50, &[])]);
+        let prices = PriceTable::new([(3, 110), (7, 9)]);
+        assert_eq!(worths(&accounts, &prices), [(1, 1_000 + 220 + 45), (2, 50)]);
+    }
+
+    #[test]
+    fn an_older_state_never_replaces_a_newer_one_whatever_the_order() {
+        let accounts = Accounts::default();
+        let prices = PriceTable::new([(3, 10)]);
+        assert_eq!(accounts.apply([state(1, 5, 100, &[(3, 1)])]), 1);
+        assert_eq!(accounts.apply([state(1, 4, 999, &[])]), 0);
+        assert_eq!(
+            accounts.apply([state(1, 5, 999, &[])]),
+            0,
+            "equal is not newer"
+        );
+        assert_eq!(worths(&accounts, &prices), [(1, 110)]);
+        assert_eq!(accounts.apply([state(1, 6, 90, &[(3, 2)])]), 1);
+        assert_eq!(worths(&accounts, &prices), [(1, 110)]);
+    }
+
+    #[test]
+    fn a_reload_repairs_a_copy_at_the_same_revision_but_not_a_newer_one() {
+        let accounts = Accounts::default();
+        let prices = PriceTable::new([(3, 10)]);
+        accounts.apply([state(1, 5, 100, &[]), state(2, 9, 100, &[])]);
+        // User 1's copy at revision 5 is wrong (a lost message); user 2 has
+        // heard of a fill newer than the reload's snapshot.
+        let changed = accounts.reload([
+            state(1, 5, 100, &[(3, 4)]),
+            state(2, 8, 1, &[]),
+            state(3, 0, 7, &[]),
+        ]);
+        assert_eq!(changed, 2);
+        assert_eq!(worths(&accounts, &prices), [(1, 140), (2, 100), (3, 7)]);
+    }
+
+    #[test]
+    fn an_account_holding_an_unpriced_player_is_left_out_not_valued_at_zero() {
+        let accounts = Accounts::default();
+        accounts.apply([state(1, 1, 10, &[(99, 1)]), state(2, 1, 10, &[])]);
+        let mut out = Vec::new();
+        let valuation = accounts.net_worths(&PriceTable::new([(1, 5)]), &mut out);
+        assert_eq!(
+            valuation,
+            Valuation {
+                valued: 1,
+                unpriced: 1
+            }
+        );
+        assert_eq!(out, [(2, 10)]);
+    }
+
+    #[test]
+    fn ties_rank_the_lower_user_id_first() {
+        let mut values = vec![(5, 100), (2, 300), (9, 300), (1, 50), (3, 100), (4, 300)];
+        assert_eq!(
+            top(&mut values, 4),
+            [(2, 300), (4, 300), (9, 300), (3, 100)]
+        );
+        assert_eq!(top(&mut values, 100).len(), 6);
+        assert!(top(&mut values, 0).is_empty());
+    }
+
+    #[test]
+    fn the_price_table_ignores_absurd_ids_and_knows_no_price_as_none() {
+        let table = PriceTable::new([(2, 10), (-1, 5), (MAX_PLAYER_ID + 1, 5)]);
+        assert_eq!(table.get(2), Some(10));
+        assert_eq!(table.get(1), None);
+        assert_eq!(table.get(-1), None);
+        assert_eq!(table.get(MAX_PLAYER_ID + 1), None);
+    }
+}

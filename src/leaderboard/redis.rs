@@ -1,0 +1,352 @@
+//! The leaderboard in Redis: two sorted sets written in turn, and a hash
+//! saying which one readers use.
+//!
+//! Keys (under `redis.key_prefix`):
+//! - `leaderboard:meta`, a hash: `term` (the writing leader's fencing token),
+//!   `terms` (its counter), `current` (`a` or `b`), `as_of_ms`, `total`.
+//! - `leaderboard:a`, `leaderboard:b`: sorted sets of every user. The member
+//!   is the user id zero-padded to 19 digits and the score is the *negated*
+//!   net worth in cents, so ascending order is the leaderboard's order and
+//!   equal net worths fall back to the member, i.e. the lower user id first.
+//!   Scores are doubles: exact below 2^53 cents (about 90 trillion).
+//!
+//! The leader writes a cycle into the set readers are *not* using, in
+//! pipelined batches, then flips `current` to it with the cycle's `as_of`:
+//! a reader sees one whole cycle, never half of one. Every write carries
+//! the leader's term; a write under any other term (a deposed leader that
+//! has not noticed yet, or after Redis lost the hash) changes nothing.
+
+use std::sync::LazyLock;
+
+use fred::types::scripts::Script;
+use fred::types::Value;
+
+use crate::bus::{Bus, BusError};
+
+/// Bus channel of account states (a JSON array of `AccountState`).
+pub const ACCOUNTS_CHANNEL: &str = "leaderboard:accounts";
+const META: &str = "leaderboard:meta";
+const SETS: [&str; 2] = ["leaderboard:a", "leaderboard:b"];
+const SET_NAMES: [&str; 2] = ["a", "b"];
+
+/// KEYS: meta. ARGV: a random nonce. A new term, unique even across a
+/// Redis that lost the counter.
+static NEW_TERM: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local n = redis.call('HINCRBY', KEYS[1], 'terms', 1)
+local term = n .. ':' .. ARGV[1]
+redis.call('HSET', KEYS[1], 'term', term)
+return term
+"#,
+    )
+});
+
+/// KEYS: meta, set. ARGV: term, then score/member pairs. -1 when fenced.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+if redis.call('HGET', KEYS[1], 'term') ~= ARGV[1] then return -1 end
+if #ARGV < 3 then return 0 end
+return redis.call('ZADD', KEYS[1 + 1], unpack(ARGV, 2, #ARGV))
+"#,
+    )
+});
+
+/// KEYS: meta, the set just written. ARGV: term, its name, as_of_ms.
+static FLIP: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+if redis.call('HGET', KEYS[1], 'term') ~= ARGV[1] then return -1 end
+local total = redis.call('ZCARD', KEYS[2])
+redis.call('HSET', KEYS[1], 'current', ARGV[2], 'as_of_ms', ARGV[3], 'total', total)
+return total
+"#,
+    )
+});
+
+/// KEYS: meta, set a, set b. ARGV: count. Nil before the first cycle, else
+/// `{as_of_ms, {member, score, …}}`.
+static TOP: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local m = redis.call('HMGET', KEYS[1], 'current', 'as_of_ms')
+if not m[1] then return false end
+local set = KEYS[2]
+if m[1] == 'b' then set = KEYS[3] end
+return {m[2], redis.call('ZRANGE', set, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')}
+"#,
+    )
+});
+
+/// KEYS: meta, set a, set b. ARGV: member. Nil before the first cycle,
+/// `{as_of_ms}` when the user is not ranked yet, else `{as_of_ms, rank
+/// (0-based), score, total}`.
+static RANK: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local m = redis.call('HMGET', KEYS[1], 'current', 'as_of_ms')
+if not m[1] then return false end
+local set = KEYS[2]
+if m[1] == 'b' then set = KEYS[3] end
+local rank = redis.call('ZRANK', set, ARGV[1])
+if not rank then return {m[2]} end
+return {m[2], rank, redis.call('ZSCORE', set, ARGV[1]), redis.call('ZCARD', set)}
+"#,
+    )
+});
+
+/// KEYS: set a, set b. ARGV: score/member pairs, added where absent only.
+static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+redis.call('ZADD', KEYS[1], 'NX', unpack(ARGV))
+return redis.call('ZADD', KEYS[2], 'NX', unpack(ARGV))
+"#,
+    )
+});
+
+/// A write refused because another term holds the leaderboard.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the leaderboard is written under another term")]
+    Fenced,
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("unexpected reply from redis: {0}")]
+    Reply(String),
+}
+
+/// The sorted-set member of `user`.
+pub fn member(user: i64) -> String {
+    format!("{user:019}")
+}
+
+fn user_of(member: &str) -> Option<i64> {
+    member.parse().ok()
+}
+
+/// The score of `net_worth` (see the module comment).
+fn score(net_worth: i64) -> String {
+    (-(net_worth as f64)).to_string()
+}
+
+fn worth_of(score: &str) -> Option<i64> {
+    let value: f64 = score.parse().ok()?;
+    Some(-value as i64)
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => std::str::from_utf8(b).ok().map(str::to_string),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Integer(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// One cycle's first `n` users: `(user id, net worth)` in rank order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Top {
+    pub as_of_ms: i64,
+    pub entries: Vec<(i64, i64)>,
+}
+
+/// One user's standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    Ranked {
+        as_of_ms: i64,
+        /// From 1.
+        rank: i64,
+        net_worth: i64,
+        total: i64,
+    },
+    /// A cycle exists but this user is not in it yet.
+    Unranked,
+}
+
+/// The leaderboard's keys and scripts.
+#[derive(Clone)]
+pub struct Board {
+    bus: Bus,
+}
+
+impl Board {
+    /// The board on `bus`.
+    pub fn new(bus: Bus) -> Board {
+        Board { bus }
+    }
+
+    /// The bus, for publishing.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    fn meta(&self) -> String {
+        self.bus.key(META)
+    }
+
+    fn set(&self, which: usize) -> String {
+        self.bus.key(SETS[which % 2])
+    }
+
+    /// Starts a new term; every write under an older one is refused from now.
+    pub async fn new_term(&self) -> Result<String, WriteError> {
+        let nonce: u64 = rand::random();
+        let reply = self
+            .bus
+            .run_script(&NEW_TERM, vec![self.meta()], vec![nonce.to_string()])
+            .await?;
+        text(&reply).ok_or_else(|| WriteError::Reply(format!("{reply:?}")))
+    }
+
+    /// Writes `(user, net worth)` pairs into set `which` under `term`.
+    pub async fn write(
+        &self,
+        term: &str,
+        which: usize,
+        batch: &[(i64, i64)],
+    ) -> Result<(), WriteError> {
+        let mut args = Vec::with_capacity(1 + batch.len() * 2);
+        args.push(term.to_string());
+        for &(user, worth) in batch {
+            args.push(score(worth));
+            args.push(member(user));
+        }
+        let reply = self
+            .bus
+            .run_script(&WRITE, vec![self.meta(), self.set(which)], args)
+            .await?;
+        match integer(&reply) {
+            Some(-1) => Err(WriteError::Fenced),
+            Some(_) => Ok(()),
+            None => Err(WriteError::Reply(format!("{reply:?}"))),
+        }
+    }
+
+    /// Makes set `which` the one readers use, as of `as_of_ms`; returns how
+    /// many users it ranks.
+    pub async fn flip(&self, term: &str, which: usize, as_of_ms: i64) -> Result<i64, WriteError> {
+        let reply = self
+            .bus
+            .run_script(
+                &FLIP,
+                vec![self.meta(), self.set(which)],
+                vec![
+                    term.to_string(),
+                    SET_NAMES[which % 2].to_string(),
+                    as_of_ms.to_string(),
+                ],
+            )
+            .await?;
+        match integer(&reply) {
+            Some(-1) => Err(WriteError::Fenced),
+            Some(total) => Ok(total),
+            None => Err(WriteError::Reply(format!("{reply:?}"))),
+        }
+    }
+
+    /// Ranks new users at `net_worth` in both sets where they are absent, so
+    /// they are ranked before the leader's next cycle (never overwriting a
+    /// score the leader wrote).
+    pub async fn join(&self, users: &[(i64, i64)]) -> Result<(), BusError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(users.len() * 2);
+        for &(user, worth) in users {
+            args.push(score(worth));
+            args.push(member(user));
+        }
+        self.bus
+            .run_script(&JOIN, vec![self.set(0), self.set(1)], args)
+            .await?;
+        Ok(())
+    }
+
+    /// The first `n` users of the current cycle, or `None` before the first.
+    pub async fn top(&self, n: usize) -> Result<Option<Top>, WriteError> {
+        let reply = self
+            .bus
+            .run_script(
+                &TOP,
+                vec![self.meta(), self.set(0), self.set(1)],
+                vec![n.max(1).to_string()],
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Ok(None);
+        };
+        let bad = || WriteError::Reply("malformed top".into());
+        let as_of_ms = parts.first().and_then(integer).ok_or_else(bad)?;
+        let Some(Value::Array(pairs)) = parts.get(1) else {
+            return Err(bad());
+        };
+        let mut entries = Vec::with_capacity(pairs.len() / 2);
+        for pair in pairs.chunks(2) {
+            let [member, score] = pair else {
+                return Err(bad());
+            };
+            let user = text(member).as_deref().and_then(user_of).ok_or_else(bad)?;
+            let worth = text(score).as_deref().and_then(worth_of).ok_or_else(bad)?;
+            entries.push((user, worth));
+        }
+        Ok(Some(Top { as_of_ms, entries }))
+    }
+
+    /// `user`'s standing in the current cycle, or `None` before the first.
+    pub async fn standing(&self, user: i64) -> Result<Option<Standing>, WriteError> {
+        let reply = self
+            .bus
+            .run_script(
+                &RANK,
+                vec![self.meta(), self.set(0), self.set(1)],
+                vec![member(user)],
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Ok(None);
+        };
+        let bad = || WriteError::Reply("malformed rank".into());
+        if parts.len() < 4 {
+            return Ok(Some(Standing::Unranked));
+        }
+        Ok(Some(Standing::Ranked {
+            as_of_ms: integer(&parts[0]).ok_or_else(bad)?,
+            rank: integer(&parts[1]).ok_or_else(bad)? + 1,
+            net_worth: text(&parts[2])
+                .as_deref()
+                .and_then(worth_of)
+                .ok_or_else(bad)?,
+            total: integer(&parts[3]).ok_or_else(bad)?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_sort_like_user_ids_and_scores_round_trip_exactly() {
+        let mut members = [member(10), member(9), member(100), member(1)];
+        members.sort();
+        let users: Vec<i64> = members.iter().filter_map(|m| user_of(m)).collect();
+        assert_eq!(users, [1, 9, 10, 100]);
+        assert_eq!(member(i64::MAX).len(), 19);
+        for worth in [0, 1, 1_000_000, 123_456_789_012, (1 << 53) - 1] {
+            assert_eq!(worth_of(&score(worth)), Some(worth));
+        }
+        // Higher net worth, lower (more negative) score: first ascending.
+        assert!(score(200).parse::<f64>().unwrap() < score(100).parse::<f64>().unwrap());
+    }
+}
