@@ -467,10 +467,10 @@ struct Buyer {
 }
 
 /// The admin API and the shared client.
-struct Api {
-    client: reqwest::Client,
-    base: String,
-    admin: String,
+pub(super) struct Api {
+    pub(super) client: reqwest::Client,
+    pub(super) base: String,
+    pub(super) admin: String,
 }
 
 impl Api {
@@ -513,7 +513,7 @@ impl Api {
         serde_json::from_str(&text).map_err(|e| format!("{method} {path}: {e}: {text}"))
     }
 
-    async fn admin_post(&self, path: &str, body: &Value) -> Result<Value, String> {
+    pub(super) async fn admin_post(&self, path: &str, body: &Value) -> Result<Value, String> {
         self.call(
             reqwest::Method::POST,
             path,
@@ -524,7 +524,7 @@ impl Api {
         .await
     }
 
-    async fn public_get(&self, path: &str) -> Result<Value, String> {
+    pub(super) async fn public_get(&self, path: &str) -> Result<Value, String> {
         self.call(reqwest::Method::GET, path, None, None, 200).await
     }
 
@@ -536,7 +536,7 @@ impl Api {
 
 /// Creates `count` users with `balance` in calls of at most
 /// [`BULK_USERS_MAX`], named `{run}{tag}{call}_{n}`.
-async fn create_users(
+pub(super) async fn create_users(
     api: &Api,
     run: &str,
     tag: char,

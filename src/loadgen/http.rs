@@ -445,7 +445,7 @@ fn runtime_name(kind: RuntimeKind) -> &'static str {
 }
 
 /// CPU seconds (user + system) `pid` has used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     super::ws::stat_cpu_seconds(&stat)
 }

@@ -18,6 +18,7 @@
 pub mod baseline;
 pub mod drop;
 pub mod http;
+pub mod leaderboard;
 pub mod ws;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
        matchday loadgen http [options]         (see `matchday loadgen http --help`)
        matchday loadgen http-baseline [options] (see `matchday loadgen http-baseline --help`)
        matchday loadgen drop [options]         (see `matchday loadgen drop --help`)
+       matchday loadgen leaderboard [options]  (see `matchday loadgen leaderboard --help`)
 
 orders: creates users and players through the admin API, then places random
 orders with N requests in flight and prints orders/s and latency percentiles.
@@ -53,7 +55,11 @@ trivial route (GET /healthz) to measure the machine with the same tool.
 
 drop: runs a flash sale through the public API (users, sale, one purchase per
 buyer all at once), then prints requests/s, latency, time to sold out and to
-settled, and PASS/FAIL correctness checks; exits non-zero on any FAIL.";
+settled, and PASS/FAIL correctness checks; exits non-zero on any FAIL.
+
+leaderboard: seeds users with holdings, or reads the leaderboard at a fixed
+rate while prices tick and prints read latencies, as_of ages and the server's
+revaluation cycle figures.";
 
 struct Options {
     url: String,
@@ -134,6 +140,11 @@ pub async fn main(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("drop") => drop::main(&args[1..]).await,
+        Some("leaderboard") if wants_help(&args[1..]) => {
+            println!("{}", leaderboard::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("leaderboard") => leaderboard::main(&args[1..]).await,
         _ => {
             println!("{HELP}");
             ExitCode::from(2)

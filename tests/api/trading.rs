@@ -43,8 +43,10 @@ async fn a_buy_fills_at_the_live_price_and_debits_cash() {
     assert_eq!(
         portfolio,
         json!({"cash_cents": 995_500, "held_cents": 0, "net_worth_cents": 1_000_000,
+               "holdings_value_cents": 4_500, "profit_cents": 0,
                "holdings": [{"player_id": player, "quantity": 3, "avg_cost_cents": 1_500,
-                             "price_cents": 1_500, "value_cents": 4_500}]})
+                             "cost_cents": 4_500, "price_cents": 1_500, "value_cents": 4_500,
+                             "profit_cents": 0}]})
     );
     let orders: Value = app.orders(&user.token).await;
     assert_eq!(orders, json!([order]));

@@ -176,10 +176,20 @@ async fn a_users_own_fills_arrive_on_the_user_channel() {
     let message = mine.expect("order", SECOND).await;
     assert_eq!(message["order_id"], order["order_id"]);
     assert_eq!(message["total_cents"], 600);
-    assert!(matches!(
-        theirs.read(Duration::from_millis(500)).await,
-        WsRead::Timeout
-    ));
+    // The stranger hears nothing of it: at most their own (empty)
+    // portfolio's live value.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1_500);
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match theirs.read(left).await {
+            WsRead::Timeout => break,
+            WsRead::Json(message) if message["type"] == "portfolio" => {
+                assert_eq!(message["holdings"], json!([]), "{message}");
+                assert_eq!(message["cash_cents"], 1_000_000, "{message}");
+            }
+            other => panic!("the stranger got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
