@@ -107,6 +107,7 @@ impl Application {
         let (leaderboard, leaderboard_tasks) = Leaderboard::start(
             pool.clone(),
             bus.clone(),
+            &settings.redis,
             hub.clone(),
             metrics.clone(),
             &settings.leaderboard,

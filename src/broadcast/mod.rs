@@ -813,6 +813,44 @@ mod tests {
     }
 
     #[test]
+    fn only_a_newer_top_10_replaces_the_snapshot_and_reaches_subscribers() {
+        let hub = Hub::new();
+        let mut receivers = Vec::new();
+        for leaderboard in [true, false] {
+            let (queue, receiver) = mpsc::channel(4);
+            let id = hub.register(None, queue, Arc::new(AtomicBool::new(false)));
+            hub.update_registration(
+                id,
+                Wants {
+                    leaderboard,
+                    ..Wants::default()
+                },
+            );
+            receivers.push(receiver);
+        }
+        assert_eq!(&*hub.leaderboard_snapshot(), messages::EMPTY_LEADERBOARD);
+        let entry = |user: i64| crate::http::wire::LeaderboardEntry {
+            rank: 1,
+            user_id: user,
+            username: format!("u{user}"),
+            net_worth_cents: 5,
+        };
+        let newer = messages::LeaderboardMessage::new(2_000, vec![entry(1)]);
+        let older = messages::LeaderboardMessage::new(1_000, vec![entry(2)]);
+        hub.on_bus_message(LEADERBOARD_CHANNEL, &serde_json::to_string(&newer).unwrap());
+        hub.leaderboard_changed(&older);
+        let snapshot: serde_json::Value =
+            serde_json::from_str(&hub.leaderboard_snapshot()).unwrap();
+        assert_eq!(snapshot["entries"][0]["user_id"], 1);
+        assert!(snapshot.get("type").is_none(), "{snapshot}");
+        let got: Vec<usize> = receivers
+            .iter_mut()
+            .map(|r| std::iter::from_fn(|| r.try_recv().ok()).count())
+            .collect();
+        assert_eq!(got, [1, 0]);
+    }
+
+    #[test]
     fn a_full_queue_marks_the_socket_stuck_instead_of_growing() {
         let hub = Hub::new();
         let (queue, _receiver) = mpsc::channel(2);

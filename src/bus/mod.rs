@@ -42,6 +42,24 @@ pub const PUBSUB_BUFFER: usize = 4_096;
 /// How often a failed SUBSCRIBE is retried.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 
+/// How every connection is built: retry forever, backing off to 2 s
+/// between attempts; commands time out after 2 s.
+fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {
+    let config = Config::from_url(settings.url.expose())?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .with_connection_config(|connection| {
+            connection.connection_timeout = Duration::from_secs(2);
+            connection.internal_command_timeout = Duration::from_secs(2);
+        })
+        .with_performance_config(|performance| {
+            performance.default_command_timeout = Duration::from_secs(2);
+            performance.broadcast_channel_capacity = PUBSUB_BUFFER;
+        });
+    Ok(builder)
+}
+
 /// A replica's connections to Redis.
 #[derive(Clone)]
 pub struct Bus {
@@ -54,19 +72,7 @@ impl Bus {
     /// Creates the clients and starts connecting in the background; Redis
     /// being down at start-up is reported by [`Bus::is_ready`], not fatal.
     pub async fn connect(settings: &RedisSettings) -> Result<Bus, BusError> {
-        let config = Config::from_url(settings.url.expose())?;
-        let mut builder = Builder::from_config(config);
-        builder
-            // Retry forever, backing off to 2 s between attempts.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .with_connection_config(|connection| {
-                connection.connection_timeout = Duration::from_secs(2);
-                connection.internal_command_timeout = Duration::from_secs(2);
-            })
-            .with_performance_config(|performance| {
-                performance.default_command_timeout = Duration::from_secs(2);
-                performance.broadcast_channel_capacity = PUBSUB_BUFFER;
-            });
+        let builder = builder(settings)?;
         let client = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
         for (name, result) in [
@@ -84,6 +90,17 @@ impl Bus {
             subscriber,
             prefix: settings.key_prefix.clone(),
         })
+    }
+
+    /// One more command connection, for bulk writes that must not hold up
+    /// the replica's other commands (a pipeline is answered in order, so a
+    /// short read queued behind a long write waits for all of it).
+    pub async fn extra_connection(settings: &RedisSettings) -> Result<Client, BusError> {
+        let client = builder(settings)?.build()?;
+        if let Err(error) = client.init().await {
+            tracing::warn!(%error, "redis is not reachable yet; retrying in the background");
+        }
+        Ok(client)
     }
 
     /// The full name of a key or channel: the deployment prefix + `name`.

@@ -21,6 +21,7 @@
 //! Ties: equal net worth ranks the lower user id first.
 
 mod accounts;
+mod pg;
 mod redis;
 mod revalue;
 
@@ -41,12 +42,12 @@ pub use redis::ACCOUNTS_CHANNEL;
 use crate::broadcast::messages::LeaderboardMessage;
 use crate::broadcast::{Hub, LEADERBOARD_CHANNEL};
 use crate::bus::Bus;
-use crate::config::LeaderboardSettings;
+use crate::config::{LeaderboardSettings, RedisSettings};
 use crate::domain::{Cents, PlayerId, UserId};
 use crate::error::Unexpected;
 use crate::http::wire::{LeaderboardEntry, PortfolioMessage, PortfolioResponse};
 use crate::leader::Leadership;
-use crate::ledger::{posting, AccountSink, AccountState};
+use crate::ledger::{AccountSink, AccountState};
 use crate::metrics::Metrics;
 use crate::players::Quote;
 use crate::trading::{value_portfolio, Holding, Positions};
@@ -110,9 +111,11 @@ impl Leaderboard {
     /// Loads every account, subscribes to the bus, and starts this replica's
     /// tasks: the bus listener and publisher, the resync and portfolio
     /// loop, and the revaluation (which only works while leading).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         pool: Pool,
         bus: Bus,
+        redis: &RedisSettings,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         settings: &LeaderboardSettings,
@@ -120,9 +123,12 @@ impl Leaderboard {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Leaderboard>, Vec<JoinHandle<()>>), Unexpected> {
         let (outbox, queued) = mpsc::channel(ACCOUNT_QUEUE);
+        let writer = Bus::extra_connection(redis)
+            .await
+            .map_err(Unexpected::from_error)?;
         let leaderboard = Arc::new(Leaderboard {
             accounts: Arc::new(Accounts::default()),
-            board: Board::new(bus.clone()),
+            board: Board::new(bus.clone(), writer),
             hub,
             pool,
             metrics,
@@ -153,7 +159,7 @@ impl Leaderboard {
                 leaderboard.clone(),
                 leadership,
                 interval,
-                settings.write_batch.clamp(1, 2_000),
+                settings.write_batch.max(1),
                 shutdown,
             )),
         ];
@@ -162,9 +168,7 @@ impl Leaderboard {
 
     /// Every account, from Postgres.
     async fn reload(&self) -> Result<usize, Unexpected> {
-        let client = self.pool.get().await?;
-        let states = posting::account_states(&**client, None).await?;
-        let changed = self.accounts.reload(states);
+        let changed = self.accounts.reload(pg::all_accounts(&self.pool).await?);
         self.metrics
             .leaderboard_accounts
             .set(self.accounts.len() as i64);
@@ -224,16 +228,7 @@ impl Leaderboard {
             }
         }
         if !unknown.is_empty() {
-            let client = self.pool.get().await?;
-            for row in client
-                .query(
-                    "SELECT id, username FROM users WHERE id = ANY($1)",
-                    &[&unknown],
-                )
-                .await?
-            {
-                names.insert(row.get(0), row.get(1));
-            }
+            names.extend(pg::usernames(&self.pool, &unknown).await?);
         }
         Ok(ranked
             .iter()
@@ -454,7 +449,10 @@ async fn replica_loop(
     let mut sent = HashMap::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                leaderboard.board.close().await;
+                return;
+            }
             _ = pushes.tick() => leaderboard.push_portfolios(&mut sent),
             _ = reloads.tick() => {
                 match leaderboard.reload().await {

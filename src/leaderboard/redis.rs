@@ -1,23 +1,33 @@
-//! The leaderboard in Redis: two sorted sets written in turn, and a hash
-//! saying which one readers use.
+//! The leaderboard in Redis: each leader term writes two sorted sets in
+//! turn, and a hash says which one readers use.
 //!
 //! Keys (under `redis.key_prefix`):
-//! - `leaderboard:meta`, a hash: `term` (the writing leader's fencing token),
-//!   `terms` (its counter), `current` (`a` or `b`), `as_of_ms`, `total`.
-//! - `leaderboard:a`, `leaderboard:b`: sorted sets of every user. The member
-//!   is the user id zero-padded to 19 digits and the score is the *negated*
-//!   net worth in cents, so ascending order is the leaderboard's order and
-//!   equal net worths fall back to the member, i.e. the lower user id first.
-//!   Scores are doubles: exact below 2^53 cents (about 90 trillion).
+//! - `leaderboard:meta`, a hash: `term` (the writing leader's term: a counter
+//!   and a random nonce), `terms` (the counter), `set_a` and `set_b` (the
+//!   full names of that term's sets), `current` (the full name of the set
+//!   readers use), `as_of_ms`, `total`.
+//! - `leaderboard:{term}:a`, `leaderboard:{term}:b`: sorted sets of every
+//!   user. The member is the user id zero-padded to 19 digits and the score
+//!   is the *negated* net worth in cents, so ascending order is the
+//!   leaderboard's order and equal net worths fall back to the member, i.e.
+//!   the lower user id first. Scores are doubles: exact below 2^53 cents
+//!   (about 90 trillion). Each expires [`SET_TTL`] after its last write, so
+//!   the sets of ended terms go away by themselves.
 //!
-//! The leader writes a cycle into the set readers are *not* using, in
-//! pipelined batches, then flips `current` to it with the cycle's `as_of`:
-//! a reader sees one whole cycle, never half of one. Every write carries
-//! the leader's term; a write under any other term (a deposed leader that
-//! has not noticed yet, or after Redis lost the hash) changes nothing.
+//! The leader writes a cycle into its set readers are *not* using with plain
+//! pipelined `ZADD`s on a connection of its own (so reads on the shared
+//! connection never queue behind them), then one script flips `current` to
+//! it with the cycle's `as_of`, if the term is still the leader's: a reader
+//! sees one whole cycle, never half of one, and a deposed leader's writes
+//! land in sets nobody reads. Scripts name the current set from the hash
+//! (keys not declared up front: standalone Redis, not Redis Cluster, as
+//! the drops' scripts).
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
+use fred::clients::Client;
+use fred::interfaces::{KeysInterface, SortedSetsInterface};
 use fred::types::scripts::Script;
 use fred::types::Value;
 
@@ -26,82 +36,73 @@ use crate::bus::{Bus, BusError};
 /// Bus channel of account states (a JSON array of `AccountState`).
 pub const ACCOUNTS_CHANNEL: &str = "leaderboard:accounts";
 const META: &str = "leaderboard:meta";
-const SETS: [&str; 2] = ["leaderboard:a", "leaderboard:b"];
-const SET_NAMES: [&str; 2] = ["a", "b"];
+/// A term's set lives this long after its last write.
+const SET_TTL: Duration = Duration::from_secs(120);
 
-/// KEYS: meta. ARGV: a random nonce. A new term, unique even across a
-/// Redis that lost the counter.
+/// KEYS: meta. ARGV: a random nonce, the sets' name prefix. A new term,
+/// unique even across a Redis that lost the counter; returns it.
 static NEW_TERM: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local n = redis.call('HINCRBY', KEYS[1], 'terms', 1)
 local term = n .. ':' .. ARGV[1]
-redis.call('HSET', KEYS[1], 'term', term)
+redis.call('HSET', KEYS[1], 'term', term,
+           'set_a', ARGV[2] .. term .. ':a', 'set_b', ARGV[2] .. term .. ':b')
 return term
 "#,
     )
 });
 
-/// KEYS: meta, set. ARGV: term, then score/member pairs. -1 when fenced.
-static WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
-        r#"
-if redis.call('HGET', KEYS[1], 'term') ~= ARGV[1] then return -1 end
-if #ARGV < 3 then return 0 end
-return redis.call('ZADD', KEYS[1 + 1], unpack(ARGV, 2, #ARGV))
-"#,
-    )
-});
-
-/// KEYS: meta, the set just written. ARGV: term, its name, as_of_ms.
+/// KEYS: meta, the set just written. ARGV: term, as_of_ms. -1 when fenced.
 static FLIP: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 if redis.call('HGET', KEYS[1], 'term') ~= ARGV[1] then return -1 end
 local total = redis.call('ZCARD', KEYS[2])
-redis.call('HSET', KEYS[1], 'current', ARGV[2], 'as_of_ms', ARGV[3], 'total', total)
+redis.call('HSET', KEYS[1], 'current', KEYS[2], 'as_of_ms', ARGV[2], 'total', total)
 return total
 "#,
     )
 });
 
-/// KEYS: meta, set a, set b. ARGV: count. Nil before the first cycle, else
+/// KEYS: meta. ARGV: count. Nil before the first cycle, else
 /// `{as_of_ms, {member, score, …}}`.
 static TOP: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local m = redis.call('HMGET', KEYS[1], 'current', 'as_of_ms')
 if not m[1] then return false end
-local set = KEYS[2]
-if m[1] == 'b' then set = KEYS[3] end
-return {m[2], redis.call('ZRANGE', set, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')}
+return {m[2], redis.call('ZRANGE', m[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')}
 "#,
     )
 });
 
-/// KEYS: meta, set a, set b. ARGV: member. Nil before the first cycle,
-/// `{as_of_ms}` when the user is not ranked yet, else `{as_of_ms, rank
-/// (0-based), score, total}`.
+/// KEYS: meta. ARGV: member. Nil before the first cycle, `{as_of_ms}` when
+/// the user is not ranked yet, else `{as_of_ms, rank (0-based), score,
+/// total}`.
 static RANK: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local m = redis.call('HMGET', KEYS[1], 'current', 'as_of_ms')
 if not m[1] then return false end
-local set = KEYS[2]
-if m[1] == 'b' then set = KEYS[3] end
-local rank = redis.call('ZRANK', set, ARGV[1])
+local rank = redis.call('ZRANK', m[1], ARGV[1])
 if not rank then return {m[2]} end
-return {m[2], rank, redis.call('ZSCORE', set, ARGV[1]), redis.call('ZCARD', set)}
+return {m[2], rank, redis.call('ZSCORE', m[1], ARGV[1]), redis.call('ZCARD', m[1])}
 "#,
     )
 });
 
-/// KEYS: set a, set b. ARGV: score/member pairs, added where absent only.
+/// KEYS: meta. ARGV: score/member pairs, added to both of the term's sets
+/// where absent only.
 static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
-redis.call('ZADD', KEYS[1], 'NX', unpack(ARGV))
-return redis.call('ZADD', KEYS[2], 'NX', unpack(ARGV))
+local sets = redis.call('HMGET', KEYS[1], 'set_a', 'set_b')
+local added = 0
+for _, set in ipairs(sets) do
+  if set then added = added + redis.call('ZADD', set, 'NX', unpack(ARGV)) end
+end
+return added
 "#,
     )
 });
@@ -127,8 +128,8 @@ fn user_of(member: &str) -> Option<i64> {
 }
 
 /// The score of `net_worth` (see the module comment).
-fn score(net_worth: i64) -> String {
-    (-(net_worth as f64)).to_string()
+fn score(net_worth: i64) -> f64 {
+    -(net_worth as f64)
 }
 
 fn worth_of(score: &str) -> Option<i64> {
@@ -178,12 +179,14 @@ pub enum Standing {
 #[derive(Clone)]
 pub struct Board {
     bus: Bus,
+    /// The leader's bulk writes, apart from everything else.
+    writer: Client,
 }
 
 impl Board {
-    /// The board on `bus`.
-    pub fn new(bus: Bus) -> Board {
-        Board { bus }
+    /// The board on `bus`, writing through `writer`.
+    pub fn new(bus: Bus, writer: Client) -> Board {
+        Board { bus, writer }
     }
 
     /// The bus, for publishing.
@@ -191,61 +194,76 @@ impl Board {
         &self.bus
     }
 
+    /// Closes the writer's connection.
+    pub async fn close(&self) {
+        let _ = fred::interfaces::ClientLike::quit(&self.writer).await;
+    }
+
     fn meta(&self) -> String {
         self.bus.key(META)
     }
 
-    fn set(&self, which: usize) -> String {
-        self.bus.key(SETS[which % 2])
+    /// The full name of `term`'s set `which` (0 or 1).
+    fn set(&self, term: &str, which: usize) -> String {
+        let name = if which.is_multiple_of(2) { "a" } else { "b" };
+        format!("{}{term}:{name}", self.bus.key("leaderboard:"))
     }
 
-    /// Starts a new term; every write under an older one is refused from now.
+    /// Starts a new term; from now on only its sets can become current.
     pub async fn new_term(&self) -> Result<String, WriteError> {
         let nonce: u64 = rand::random();
         let reply = self
             .bus
-            .run_script(&NEW_TERM, vec![self.meta()], vec![nonce.to_string()])
+            .run_script(
+                &NEW_TERM,
+                vec![self.meta()],
+                vec![nonce.to_string(), self.bus.key("leaderboard:")],
+            )
             .await?;
         text(&reply).ok_or_else(|| WriteError::Reply(format!("{reply:?}")))
     }
 
-    /// Writes `(user, net worth)` pairs into set `which` under `term`.
+    /// Writes `(user, net worth)` pairs into `term`'s set `which`.
     pub async fn write(
         &self,
         term: &str,
         which: usize,
         batch: &[(i64, i64)],
     ) -> Result<(), WriteError> {
-        let mut args = Vec::with_capacity(1 + batch.len() * 2);
-        args.push(term.to_string());
-        for &(user, worth) in batch {
-            args.push(score(worth));
-            args.push(member(user));
+        if batch.is_empty() {
+            return Ok(());
         }
-        let reply = self
-            .bus
-            .run_script(&WRITE, vec![self.meta(), self.set(which)], args)
-            .await?;
-        match integer(&reply) {
-            Some(-1) => Err(WriteError::Fenced),
-            Some(_) => Ok(()),
-            None => Err(WriteError::Reply(format!("{reply:?}"))),
-        }
+        let values: Vec<(f64, String)> = batch
+            .iter()
+            .map(|&(user, worth)| (score(worth), member(user)))
+            .collect();
+        let _added: i64 = self
+            .writer
+            .zadd(self.set(term, which), None, None, false, false, values)
+            .await
+            .map_err(BusError::from)?;
+        Ok(())
     }
 
-    /// Makes set `which` the one readers use, as of `as_of_ms`; returns how
-    /// many users it ranks.
+    /// Keeps `term`'s set `which` alive for another [`SET_TTL`].
+    pub async fn keep(&self, term: &str, which: usize) -> Result<(), WriteError> {
+        let _set: bool = self
+            .writer
+            .pexpire(self.set(term, which), SET_TTL.as_millis() as i64, None)
+            .await
+            .map_err(BusError::from)?;
+        Ok(())
+    }
+
+    /// Makes `term`'s set `which` the one readers use, as of `as_of_ms`, if
+    /// `term` is still the current term; returns how many users it ranks.
     pub async fn flip(&self, term: &str, which: usize, as_of_ms: i64) -> Result<i64, WriteError> {
         let reply = self
             .bus
             .run_script(
                 &FLIP,
-                vec![self.meta(), self.set(which)],
-                vec![
-                    term.to_string(),
-                    SET_NAMES[which % 2].to_string(),
-                    as_of_ms.to_string(),
-                ],
+                vec![self.meta(), self.set(term, which)],
+                vec![term.to_string(), as_of_ms.to_string()],
             )
             .await?;
         match integer(&reply) {
@@ -264,12 +282,10 @@ impl Board {
         }
         let mut args = Vec::with_capacity(users.len() * 2);
         for &(user, worth) in users {
-            args.push(score(worth));
+            args.push(score(worth).to_string());
             args.push(member(user));
         }
-        self.bus
-            .run_script(&JOIN, vec![self.set(0), self.set(1)], args)
-            .await?;
+        self.bus.run_script(&JOIN, vec![self.meta()], args).await?;
         Ok(())
     }
 
@@ -277,11 +293,7 @@ impl Board {
     pub async fn top(&self, n: usize) -> Result<Option<Top>, WriteError> {
         let reply = self
             .bus
-            .run_script(
-                &TOP,
-                vec![self.meta(), self.set(0), self.set(1)],
-                vec![n.max(1).to_string()],
-            )
+            .run_script(&TOP, vec![self.meta()], vec![n.max(1).to_string()])
             .await?;
         let Value::Array(parts) = reply else {
             return Ok(None);
@@ -307,11 +319,7 @@ impl Board {
     pub async fn standing(&self, user: i64) -> Result<Option<Standing>, WriteError> {
         let reply = self
             .bus
-            .run_script(
-                &RANK,
-                vec![self.meta(), self.set(0), self.set(1)],
-                vec![member(user)],
-            )
+            .run_script(&RANK, vec![self.meta()], vec![member(user)])
             .await?;
         let Value::Array(parts) = reply else {
             return Ok(None);
@@ -344,9 +352,9 @@ mod tests {
         assert_eq!(users, [1, 9, 10, 100]);
         assert_eq!(member(i64::MAX).len(), 19);
         for worth in [0, 1, 1_000_000, 123_456_789_012, (1 << 53) - 1] {
-            assert_eq!(worth_of(&score(worth)), Some(worth));
+            assert_eq!(worth_of(&score(worth).to_string()), Some(worth));
         }
         // Higher net worth, lower (more negative) score: first ascending.
-        assert!(score(200).parse::<f64>().unwrap() < score(100).parse::<f64>().unwrap());
+        assert!(score(200) < score(100));
     }
 }

@@ -1,6 +1,6 @@
 //! The leader's revaluation: every `leaderboard.interval_ms`, every account
 //! at the hub's live prices, the scores that changed written into the set
-//! readers are not using, then that set flipped in whole.
+//! readers are not using, then that set flipped in whole (see `redis.rs`).
 //!
 //! The leader remembers what it wrote into each set under its term, so a
 //! cycle writes only the scores that differ from that set's (prices of
@@ -132,6 +132,10 @@ impl Revaluer {
             return Err(error);
         }
         self.written[target].extend(changed.iter().copied());
+        if let Err(error) = board.keep(&term, target).await {
+            self.written[target].clear();
+            return Err(error);
+        }
         board.flip(&term, target, as_of_ms).await?;
         self.current = target;
         metrics

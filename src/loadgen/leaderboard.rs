@@ -40,6 +40,7 @@ pub const HELP: &str = "usage: matchday loadgen leaderboard --seed --database-ur
        matchday loadgen leaderboard --tokens FILE [--url URL] [--rate 2000]
                                     [--duration 30] [--quiet-seconds 10]
                                     [--connections 64] [--server-pid PID]
+                                    [--redis-url redis://HOST:PORT]
 
 --seed: creates the users through the admin API and gives each --holdings
 holdings of the existing players straight in Postgres (a fixture, balanced in
@@ -49,7 +50,7 @@ afterwards so it loads them.
 Otherwise: --quiet-seconds with no reads, then --duration seconds of reads at
 --rate per second (half top-100, half /leaderboard/me), and one JSON line with
 read latencies, as_of ages, the server's cycle figures from /metrics and its
-CPU (with --server-pid).";
+CPU (with --server-pid), and Redis' CPU (with --redis-url, from INFO cpu).";
 
 /// Parsed options.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +67,8 @@ pub struct Options {
     pub quiet: Duration,
     pub connections: usize,
     pub server_pid: Option<u32>,
+    /// `host:port` of the Redis whose CPU to report.
+    pub redis: Option<String>,
 }
 
 /// Parses the command line after `leaderboard`.
@@ -83,6 +86,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         quiet: Duration::from_secs(10),
         connections: 64,
         server_pid: None,
+        redis: None,
     };
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
@@ -109,6 +113,13 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--duration" => options.duration = Duration::from_secs(number(&value)?.max(1)),
             "--quiet-seconds" => options.quiet = Duration::from_secs(number(&value)?),
             "--connections" => options.connections = number(&value)?.max(1) as usize,
+            "--redis-url" => {
+                let address = value
+                    .strip_prefix("redis://")
+                    .map(|rest| rest.trim_end_matches('/').to_string())
+                    .ok_or("--redis-url: expected redis://host:port")?;
+                options.redis = Some(address);
+            }
             "--server-pid" => {
                 options.server_pid =
                     Some(u32::try_from(number(&value)?).map_err(|_| "--server-pid: not a pid")?)
@@ -243,6 +254,46 @@ async fn seed(options: Options) -> Result<String, String> {
     .to_string())
 }
 
+/// CPU seconds Redis at `address` has used (user + system, `INFO cpu`).
+async fn redis_cpu(address: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream.write_all(b"INFO cpu\r\n").await.ok()?;
+    // A bulk string: `$<length>\r\n<length bytes>\r\n`.
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let header = reply.iter().position(|b| *b == b'\n');
+        let expected = header.and_then(|end| {
+            let length: usize = std::str::from_utf8(reply.get(1..end)?)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(end + 1 + length)
+        });
+        if expected.is_some_and(|expected| reply.len() >= expected) || reply.len() > 65_536 {
+            break;
+        }
+        let read = stream.read(&mut buffer).await.ok()?;
+        if read == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buffer[..read]);
+    }
+    redis_cpu_seconds(std::str::from_utf8(&reply).ok()?)
+}
+
+/// `used_cpu_sys + used_cpu_user` from an `INFO cpu` reply.
+fn redis_cpu_seconds(info: &str) -> Option<f64> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some(field("used_cpu_sys:")? + field("used_cpu_user:")?)
+}
+
 /// `name{labels}` values from a Prometheus text page.
 fn metric(page: &str, series: &str) -> Option<f64> {
     page.lines()
@@ -338,11 +389,19 @@ async fn measure(options: Options) -> Result<Value, String> {
     let base = options.url.clone();
 
     // Quiet: the server's own background work, no reads.
+    let redis_cpu_at = |redis: Option<String>| async move {
+        match redis {
+            Some(address) => redis_cpu(&address).await,
+            None => None,
+        }
+    };
     let quiet_cycles = cycles(&http, &base).await?;
     let quiet_cpu = options.server_pid.and_then(cpu_seconds);
+    let quiet_redis = redis_cpu_at(options.redis.clone()).await;
     tokio::time::sleep(options.quiet).await;
     let loud_cycles = cycles(&http, &base).await?;
     let loud_cpu = options.server_pid.and_then(cpu_seconds);
+    let loud_redis = redis_cpu_at(options.redis.clone()).await;
     let quiet_secs = options.quiet.as_secs_f64().max(f64::EPSILON);
     let quiet_cpu_ms_per_s = match (quiet_cpu, loud_cpu) {
         (Some(a), Some(b)) if options.quiet > Duration::ZERO => Some((b - a) / quiet_secs * 1e3),
@@ -412,6 +471,7 @@ async fn measure(options: Options) -> Result<Value, String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = options.server_pid.and_then(cpu_seconds);
+    let end_redis = redis_cpu_at(options.redis.clone()).await;
     let end_cycles = cycles(&http, &base).await?;
     let top = top.lock().map_err(|_| "poisoned")?.clone();
     let me = me.lock().map_err(|_| "poisoned")?.clone();
@@ -428,6 +488,10 @@ async fn measure(options: Options) -> Result<Value, String> {
         "quiet": {
             "seconds": options.quiet.as_secs(),
             "server_cpu_ms_per_s": quiet_cpu_ms_per_s,
+            "redis_cpu_ms_per_s": match (quiet_redis, loud_redis) {
+                (Some(a), Some(b)) => Some((b - a) / quiet_secs * 1e3),
+                _ => None,
+            },
             "cycles": cycle_report(quiet_cycles, loud_cycles),
         },
         "reads": {
@@ -442,6 +506,10 @@ async fn measure(options: Options) -> Result<Value, String> {
                 "unreadable_or_future": negative_ages.load(std::sync::atomic::Ordering::Relaxed),
             },
             "server_cpu_ms_per_s": match (cpu_before, cpu_after) {
+                (Some(a), Some(b)) => Some((b - a) / elapsed * 1e3),
+                _ => None,
+            },
+            "redis_cpu_ms_per_s": match (loud_redis, end_redis) {
                 (Some(a), Some(b)) => Some((b - a) / elapsed * 1e3),
                 _ => None,
             },
@@ -489,5 +557,7 @@ mod tests {
             Some(2.0)
         );
         assert_eq!(metric(page, "missing"), None);
+        let info = "# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9\r\n";
+        assert_eq!(redis_cpu_seconds(info), Some(3.75));
     }
 }
