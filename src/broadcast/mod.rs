@@ -86,6 +86,13 @@ pub struct SaleSlot {
     pub snapshot_json: ByteString,
 }
 
+/// The latest top 10, and its `leaderboard` snapshot data.
+struct LeaderboardSlot {
+    as_of_ms: i64,
+    entries: Vec<crate::http::wire::LeaderboardEntry>,
+    data: ByteString,
+}
+
 /// Every socket of the replica, and each signed-in user's sockets, so a
 /// fill costs a lookup rather than a scan of every socket.
 #[derive(Default)]
@@ -106,8 +113,8 @@ pub struct Hub {
     sales: Mutex<HashMap<i64, SaleSlot>>,
     /// Sales changed since the last sale flush: conflated, like prices.
     dirty_sales: Mutex<HashSet<i64>>,
-    /// The latest top 10 heard of: `(as_of_ms, snapshot data)`.
-    leaderboard: Mutex<Option<(i64, ByteString)>>,
+    /// The latest top 10 heard of: `(as_of_ms, entries, snapshot data)`.
+    leaderboard: Mutex<Option<LeaderboardSlot>>,
 }
 
 impl Default for Hub {
@@ -248,22 +255,33 @@ impl Hub {
         let leaderboard = self.leaderboard.lock().unwrap_or_else(|p| p.into_inner());
         leaderboard.as_ref().map_or_else(
             || ByteString::from_static(messages::EMPTY_LEADERBOARD),
-            |(_, data)| data.clone(),
+            |slot| slot.data.clone(),
         )
     }
 
-    /// Takes a top-10 message newer than the one held and sends it to the
+    /// Takes a top-10 message newer than the one held (the leader sends one
+    /// every revaluation) and, if its entries differ, sends it to the
     /// sockets subscribed to `leaderboard`; an older one changes nothing.
     pub fn leaderboard_changed(&self, message: &messages::LeaderboardMessage) {
         {
             let mut held = self.leaderboard.lock().unwrap_or_else(|p| p.into_inner());
             if held
                 .as_ref()
-                .is_some_and(|(as_of, _)| *as_of >= message.as_of_ms)
+                .is_some_and(|slot| slot.as_of_ms >= message.as_of_ms)
             {
                 return;
             }
-            *held = Some((message.as_of_ms, ByteString::from(message.data())));
+            let same = held
+                .as_ref()
+                .is_some_and(|slot| slot.entries == message.entries);
+            *held = Some(LeaderboardSlot {
+                as_of_ms: message.as_of_ms,
+                entries: message.entries.clone(),
+                data: ByteString::from(message.data()),
+            });
+            if same {
+                return;
+            }
         }
         let Ok(json) = serde_json::to_string(message) else {
             return;
@@ -848,6 +866,12 @@ mod tests {
             .map(|r| std::iter::from_fn(|| r.try_recv().ok()).count())
             .collect();
         assert_eq!(got, [1, 0]);
+        // A later revaluation with the same entries refreshes the snapshot's
+        // as_of but sends nothing.
+        let same = messages::LeaderboardMessage::new(3_000, vec![entry(1)]);
+        hub.leaderboard_changed(&same);
+        assert!(receivers[0].try_recv().is_err());
+        assert!(hub.leaderboard_snapshot().contains(&same.as_of));
     }
 
     #[test]

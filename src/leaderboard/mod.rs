@@ -63,6 +63,9 @@ const ACCOUNTS_PER_PUBLISH: usize = 512;
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(5);
 /// Rows in the `leaderboard` channel's messages.
 pub const TOP_ON_SOCKETS: usize = 10;
+/// Rows each replica keeps of the latest revaluation, so `GET /leaderboard`
+/// (at most this many) never waits on Redis.
+const CACHED_TOP: usize = 1_000;
 
 /// Why the leaderboard cannot answer.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,17 @@ pub struct Leaderboard {
     pool: Pool,
     metrics: Arc<Metrics>,
     outbox: mpsc::Sender<AccountState>,
+    /// The first [`CACHED_TOP`] of the latest revaluation heard of.
+    cached: std::sync::RwLock<Option<Cached>>,
+    /// How old the cache may be before a read goes to Redis instead: two
+    /// revaluation intervals and a second.
+    cache_for: chrono::Duration,
+}
+
+/// A revaluation's first rows, as read from Redis.
+struct Cached {
+    as_of_ms: i64,
+    entries: Arc<Vec<LeaderboardEntry>>,
 }
 
 fn from_ms(ms: i64) -> DateTime<Utc> {
@@ -133,10 +147,16 @@ impl Leaderboard {
             pool,
             metrics,
             outbox,
+            cached: std::sync::RwLock::new(None),
+            cache_for: chrono::Duration::milliseconds(
+                i64::try_from(settings.interval_ms.saturating_mul(2)).unwrap_or(i64::MAX / 2)
+                    + 1_000,
+            ),
         });
         let messages = bus.messages();
         let reconnections = bus.reconnections();
         bus.subscribe_retrying(ACCOUNTS_CHANNEL).await;
+        bus.subscribe_retrying(LEADERBOARD_CHANNEL).await;
         leaderboard.reload().await?;
         leaderboard.refresh_snapshot().await;
         let interval = Duration::from_millis(settings.interval_ms.max(10));
@@ -175,8 +195,28 @@ impl Leaderboard {
         Ok(changed)
     }
 
-    /// The first `limit` users of the latest revaluation.
+    /// The first `limit` users of the latest revaluation: from this
+    /// replica's copy of its first rows while that is recent, else from
+    /// Redis.
     pub async fn top(&self, limit: usize) -> Result<Ranking, LeaderboardError> {
+        let fresh_since = (Utc::now() - self.cache_for).timestamp_millis();
+        if limit <= CACHED_TOP {
+            let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(cached) = cached.as_ref().filter(|c| c.as_of_ms >= fresh_since) {
+                return Ok(Ranking {
+                    as_of: from_ms(cached.as_of_ms),
+                    entries: cached.entries.iter().take(limit).cloned().collect(),
+                });
+            }
+        }
+        if limit <= CACHED_TOP {
+            if let Some(cached) = self.refresh_cache(0).await {
+                return Ok(Ranking {
+                    as_of: from_ms(cached.as_of_ms),
+                    entries: cached.entries.iter().take(limit).cloned().collect(),
+                });
+            }
+        }
         let top = match self.board.top(limit).await {
             Ok(Some(top)) => top,
             Ok(None) => return Err(LeaderboardError::Unavailable),
@@ -261,6 +301,48 @@ impl Leaderboard {
         if let Err(error) = self.board.join(&scores).await {
             tracing::warn!(%error, "ranking new users failed; the next revaluation will");
         }
+    }
+
+    /// Reads the latest revaluation's first rows into the cache unless it
+    /// already holds one at least as new as `as_of_ms`; returns what it then
+    /// holds.
+    async fn refresh_cache(&self, as_of_ms: i64) -> Option<Cached> {
+        let held = {
+            let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
+            cached.as_ref().map(|c| Cached {
+                as_of_ms: c.as_of_ms,
+                entries: c.entries.clone(),
+            })
+        };
+        if as_of_ms > 0 && held.as_ref().is_some_and(|c| c.as_of_ms >= as_of_ms) {
+            return held;
+        }
+        let top = match self.board.top(CACHED_TOP).await {
+            Ok(Some(top)) => top,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(%error, "reading the leaderboard failed");
+                return None;
+            }
+        };
+        let entries = match self.entries(&top.entries).await {
+            Ok(entries) => Arc::new(entries),
+            Err(error) => {
+                tracing::warn!(%error, "naming the leaderboard failed");
+                return None;
+            }
+        };
+        let mut cached = self.cached.write().unwrap_or_else(|p| p.into_inner());
+        if cached.as_ref().is_none_or(|c| c.as_of_ms < top.as_of_ms) {
+            *cached = Some(Cached {
+                as_of_ms: top.as_of_ms,
+                entries: entries.clone(),
+            });
+        }
+        Some(Cached {
+            as_of_ms: top.as_of_ms,
+            entries,
+        })
     }
 
     /// Refreshes the hub's `leaderboard` snapshot from Redis.
@@ -400,6 +482,7 @@ async fn listen(
 ) {
     use tokio::sync::broadcast::error::RecvError;
     let channel = bus.key(ACCOUNTS_CHANNEL);
+    let cycles = bus.key(LEADERBOARD_CHANNEL);
     loop {
         let missed = tokio::select! {
             _ = shutdown.changed() => return,
@@ -415,6 +498,14 @@ async fn listen(
                             leaderboard.accounts.apply(states);
                         }
                         Err(error) => tracing::warn!(%error, "malformed account states"),
+                    }
+                    false
+                }
+                Ok(message) if *message.channel == *cycles => {
+                    // A revaluation was flipped in: cache its first rows.
+                    let Some(payload) = message.value.as_str() else { continue };
+                    if let Ok(top) = serde_json::from_str::<LeaderboardMessage>(&payload) {
+                        leaderboard.refresh_cache(top.as_of_ms).await;
                     }
                     false
                 }

@@ -128,7 +128,7 @@ fn user_of(member: &str) -> Option<i64> {
 }
 
 /// The score of `net_worth` (see the module comment).
-fn score(net_worth: i64) -> f64 {
+pub fn score(net_worth: i64) -> f64 {
     -(net_worth as f64)
 }
 
@@ -223,23 +223,20 @@ impl Board {
         text(&reply).ok_or_else(|| WriteError::Reply(format!("{reply:?}")))
     }
 
-    /// Writes `(user, net worth)` pairs into `term`'s set `which`.
+    /// Writes `(score, member)` pairs (see [`score`] and [`member`]) into
+    /// `term`'s set `which`.
     pub async fn write(
         &self,
         term: &str,
         which: usize,
-        batch: &[(i64, i64)],
+        batch: Vec<(f64, fred::bytes::Bytes)>,
     ) -> Result<(), WriteError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let values: Vec<(f64, String)> = batch
-            .iter()
-            .map(|&(user, worth)| (score(worth), member(user)))
-            .collect();
         let _added: i64 = self
             .writer
-            .zadd(self.set(term, which), None, None, false, false, values)
+            .zadd(self.set(term, which), None, None, false, false, batch)
             .await
             .map_err(BusError::from)?;
         Ok(())

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures_util::future::join_all;
+use fred::bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::watch;
 
 use super::accounts::{self, PriceTable};
-use super::redis::WriteError;
+use super::redis::{self, WriteError};
 use super::{publish_top, Leaderboard, TOP_ON_SOCKETS};
 use crate::broadcast::messages::LeaderboardMessage;
-use crate::http::wire::LeaderboardEntry;
 use crate::leader::Leadership;
 
 /// What the leader knows between cycles.
@@ -32,11 +32,16 @@ struct Revaluer {
     written: [HashMap<i64, i64>; 2],
     /// The set readers use.
     current: usize,
-    /// The top 10 last published.
-    published: Vec<LeaderboardEntry>,
     /// Reused between cycles.
     values: Vec<(i64, i64)>,
+    /// Each user's sorted-set member, encoded once.
+    members: HashMap<i64, Bytes>,
 }
+
+/// Write commands in flight at once: enough to keep Redis busy, few enough
+/// that other clients' commands interleave with them (each holds Redis
+/// about a millisecond).
+const WRITES_IN_FLIGHT: usize = 2;
 
 /// Revalues while this replica leads, until `shutdown` flips.
 pub(super) async fn run(
@@ -84,7 +89,6 @@ impl Revaluer {
                 tracing::info!(%term, "writing the leaderboard under a new term");
                 self.term = Some(term.clone());
                 self.written = Default::default();
-                self.published.clear();
                 term
             }
         };
@@ -119,13 +123,27 @@ impl Revaluer {
         }
 
         let writing = Instant::now();
-        // fred pipelines these on its one connection.
-        let results = join_all(
-            changed
-                .chunks(batch)
-                .map(|chunk| board.write(&term, target, chunk)),
-        )
-        .await;
+        let members = &mut self.members;
+        let batches: Vec<Vec<(f64, Bytes)>> = changed
+            .chunks(batch)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|&(user, worth)| {
+                        let member = members
+                            .entry(user)
+                            .or_insert_with(|| Bytes::from(redis::member(user)));
+                        (redis::score(worth), member.clone())
+                    })
+                    .collect()
+            })
+            .collect();
+        // Pipelined on the leader's own connection, a few at a time.
+        let results: Vec<Result<(), WriteError>> = stream::iter(batches)
+            .map(|values| board.write(&term, target, values))
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
         if let Some(error) = results.into_iter().find_map(Result::err) {
             // Some batches may have landed: what the set holds is unknown.
             self.written[target].clear();
@@ -147,10 +165,9 @@ impl Revaluer {
         let entries = leaderboard.entries(&top).await.map_err(|error| {
             WriteError::Reply(format!("naming the top {TOP_ON_SOCKETS}: {error}"))
         })?;
-        if entries != self.published {
-            self.published = entries.clone();
-            publish_top(leaderboard, LeaderboardMessage::new(as_of_ms, entries)).await;
-        }
+        // Every cycle: replicas refresh their cached top from it, and hubs
+        // send sockets only a top 10 that changed.
+        publish_top(leaderboard, LeaderboardMessage::new(as_of_ms, entries)).await;
         Ok(())
     }
 }

@@ -408,3 +408,48 @@ async fn leaderboard_requests_are_checked() {
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(place(&app, &user).await["rank"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_term_was_taken_cannot_flip_and_a_stale_write_is_never_read() {
+    use fred::prelude::*;
+
+    let settings = fast_settings().await;
+    let redis_url = settings.redis.url.expose().to_string();
+    let meta = format!("{}leaderboard:meta", settings.redis.key_prefix);
+    let app = spawn_app_with(settings).await;
+    let user = app.register("honest").await;
+    leaderboard_until(&app, Duration::from_secs(5), "first cycle", |board| {
+        ranking_of(board).len() == 1
+    })
+    .await;
+    let redis = Builder::from_config(Config::from_url(&redis_url).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    let old_term: String = redis.hget(&meta, "term").await.unwrap();
+    let old_set: String = redis.hget(&meta, "current").await.unwrap();
+
+    // Someone else takes the term. The leader's next flip is refused; it
+    // takes a new term and carries on.
+    let _: () = redis.hset(&meta, ("term", "usurper")).await.unwrap();
+    let taken = now_ms();
+    leaderboard_until(&app, Duration::from_secs(5), "new term", |board| {
+        as_of_ms(board) > taken + 300
+    })
+    .await;
+    let new_term: String = redis.hget(&meta, "term").await.unwrap();
+    assert!(new_term != old_term && new_term != "usurper", "{new_term}");
+
+    // A deposed leader's late write lands in its own term's set, which
+    // nobody reads any more.
+    let member = format!("{:019}", user.id);
+    let _: i64 = redis
+        .zadd(&old_set, None, None, false, false, (-9e15, member))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let board = leaderboard(&app, 10).await.unwrap();
+    assert_eq!(ranking_of(&board), [(user.id, 1_000_000)]);
+    assert_eq!(place(&app, &user).await["net_worth_cents"], 1_000_000);
+    let _ = redis.quit().await;
+}
