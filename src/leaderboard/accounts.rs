@@ -119,10 +119,21 @@ impl Account {
     }
 }
 
+/// Shards of [`Accounts`]: a valuation holds one shard's lock at a time,
+/// so a fill waits for at most one shard's worth of valuing.
+const SHARDS: usize = 64;
+
 /// Every account this replica knows of.
-#[derive(Default)]
 pub struct Accounts {
-    by_user: RwLock<HashMap<i64, Account>>,
+    shards: Vec<RwLock<HashMap<i64, Account>>>,
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Accounts {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
 }
 
 /// What one valuation found.
@@ -146,10 +157,17 @@ impl Accounts {
         self.merge(states, true)
     }
 
+    fn shard(&self, user: i64) -> &RwLock<HashMap<i64, Account>> {
+        &self.shards[user.rem_euclid(SHARDS as i64) as usize]
+    }
+
     fn merge(&self, states: impl IntoIterator<Item = AccountState>, replace_equal: bool) -> usize {
-        let mut by_user = self.by_user.write().unwrap_or_else(|p| p.into_inner());
         let mut changed = 0;
         for state in states {
+            let mut by_user = self
+                .shard(state.user_id)
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             let take = match by_user.get(&state.user_id) {
                 None => true,
                 Some(known) if replace_equal => state.revision >= known.revision,
@@ -165,7 +183,10 @@ impl Accounts {
 
     /// Accounts known.
     pub fn len(&self) -> usize {
-        self.by_user.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.shards
+            .iter()
+            .map(|shard| shard.read().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// True when no account is known.
@@ -175,29 +196,31 @@ impl Accounts {
 
     /// The username of `user`, if known.
     pub fn username(&self, user: i64) -> Option<Arc<str>> {
-        let by_user = self.by_user.read().unwrap_or_else(|p| p.into_inner());
+        let by_user = self.shard(user).read().unwrap_or_else(|p| p.into_inner());
         by_user.get(&user).map(|a| a.username.clone())
     }
 
     /// The account of `user` as last heard.
     pub fn state(&self, user: i64) -> Option<AccountState> {
-        let by_user = self.by_user.read().unwrap_or_else(|p| p.into_inner());
+        let by_user = self.shard(user).read().unwrap_or_else(|p| p.into_inner());
         by_user.get(&user).map(|account| account.state(user))
     }
 
     /// Appends `(user id, net worth)` for every account whose players all
     /// have a price, in no particular order.
     pub fn net_worths(&self, prices: &PriceTable, out: &mut Vec<(i64, i64)>) -> Valuation {
-        let by_user = self.by_user.read().unwrap_or_else(|p| p.into_inner());
-        out.reserve(by_user.len());
         let mut valuation = Valuation::default();
-        for (user, account) in by_user.iter() {
-            match account.net_worth(prices) {
-                Some(worth) => {
-                    out.push((*user, worth));
-                    valuation.valued += 1;
+        for shard in &self.shards {
+            let by_user = shard.read().unwrap_or_else(|p| p.into_inner());
+            out.reserve(by_user.len());
+            for (user, account) in by_user.iter() {
+                match account.net_worth(prices) {
+                    Some(worth) => {
+                        out.push((*user, worth));
+                        valuation.valued += 1;
+                    }
+                    None => valuation.unpriced += 1,
                 }
-                None => valuation.unpriced += 1,
             }
         }
         valuation

@@ -28,14 +28,71 @@ use crate::leader::Leadership;
 struct Revaluer {
     /// The term this replica writes under, once it has one.
     term: Option<String>,
-    /// Per set: the score of each user as this term last wrote it there.
-    written: [HashMap<i64, i64>; 2],
     /// The set readers use.
     current: usize,
+    valuer: Valuer,
+}
+
+/// The CPU side of a cycle, run off the async runtime (it takes tens of
+/// milliseconds at 100,000 accounts, which would stall every other task on
+/// the thread, Redis replies included).
+#[derive(Default)]
+struct Valuer {
+    /// Per set: the score of each user as this term last wrote it there.
+    written: [HashMap<i64, i64>; 2],
     /// Reused between cycles.
     values: Vec<(i64, i64)>,
     /// Each user's sorted-set member, encoded once.
     members: HashMap<i64, Bytes>,
+}
+
+/// One cycle's valuation, ready to write.
+struct Valued {
+    batches: Vec<Vec<(f64, Bytes)>>,
+    changed: usize,
+    top: Vec<(i64, i64)>,
+    unpriced: usize,
+}
+
+impl Valuer {
+    /// Values every account at `prices`, and batches the scores that differ
+    /// from what set `target` holds, counting them as written there (the
+    /// caller forgets that set's scores if writing fails).
+    fn value(
+        &mut self,
+        accounts: &super::Accounts,
+        prices: &PriceTable,
+        target: usize,
+        batch: usize,
+    ) -> Valued {
+        self.values.clear();
+        let valuation = accounts.net_worths(prices, &mut self.values);
+        let written = &mut self.written[target];
+        let members = &mut self.members;
+        let mut changed = 0;
+        let mut batches: Vec<Vec<(f64, Bytes)>> = Vec::new();
+        for &(user, worth) in &self.values {
+            if written.insert(user, worth) == Some(worth) {
+                continue;
+            }
+            changed += 1;
+            if batches.last().is_none_or(|b| b.len() >= batch) {
+                batches.push(Vec::with_capacity(batch));
+            }
+            let member = members
+                .entry(user)
+                .or_insert_with(|| Bytes::from(redis::member(user)));
+            if let Some(last) = batches.last_mut() {
+                last.push((redis::score(worth), member.clone()));
+            }
+        }
+        Valued {
+            batches,
+            changed,
+            top: accounts::top(&mut self.values, TOP_ON_SOCKETS),
+            unpriced: valuation.unpriced,
+        }
+    }
 }
 
 /// Write commands in flight at once: enough to keep Redis busy, few enough
@@ -88,7 +145,7 @@ impl Revaluer {
                 let term = board.new_term().await?;
                 tracing::info!(%term, "writing the leaderboard under a new term");
                 self.term = Some(term.clone());
-                self.written = Default::default();
+                self.valuer.written = Default::default();
                 term
             }
         };
@@ -96,17 +153,16 @@ impl Revaluer {
         let started = Instant::now();
         let as_of_ms = Utc::now().timestamp_millis();
         let prices = PriceTable::new(leaderboard.hub.prices());
-        self.values.clear();
-        let valuation = leaderboard.accounts.net_worths(&prices, &mut self.values);
         let target = 1 - self.current;
-        let written = &self.written[target];
-        let changed: Vec<(i64, i64)> = self
-            .values
-            .iter()
-            .filter(|(user, worth)| written.get(user) != Some(worth))
-            .copied()
-            .collect();
-        let top = accounts::top(&mut self.values, TOP_ON_SOCKETS);
+        let mut valuer = std::mem::take(&mut self.valuer);
+        let accounts = leaderboard.accounts.clone();
+        let (valuer, valued) = tokio::task::spawn_blocking(move || {
+            let valued = valuer.value(&accounts, &prices, target, batch);
+            (valuer, valued)
+        })
+        .await
+        .map_err(|error| WriteError::Reply(format!("valuation task: {error}")))?;
+        self.valuer = valuer;
         let metrics = &leaderboard.metrics;
         metrics
             .leaderboard_seconds
@@ -115,43 +171,30 @@ impl Revaluer {
         metrics
             .leaderboard_accounts
             .set(leaderboard.accounts.len() as i64);
-        if valuation.unpriced > 0 {
+        if valued.unpriced > 0 {
             tracing::debug!(
-                unpriced = valuation.unpriced,
+                unpriced = valued.unpriced,
                 "accounts holding a player without a price kept their last score"
             );
         }
 
         let writing = Instant::now();
-        let members = &mut self.members;
-        let batches: Vec<Vec<(f64, Bytes)>> = changed
-            .chunks(batch)
-            .map(|chunk| {
-                chunk
-                    .iter()
-                    .map(|&(user, worth)| {
-                        let member = members
-                            .entry(user)
-                            .or_insert_with(|| Bytes::from(redis::member(user)));
-                        (redis::score(worth), member.clone())
-                    })
-                    .collect()
-            })
-            .collect();
         // Pipelined on the leader's own connection, a few at a time.
-        let results: Vec<Result<(), WriteError>> = stream::iter(batches)
+        let results: Vec<Result<(), WriteError>> = stream::iter(valued.batches)
             .map(|values| board.write(&term, target, values))
             .buffer_unordered(WRITES_IN_FLIGHT)
             .collect()
             .await;
-        if let Some(error) = results.into_iter().find_map(Result::err) {
-            // Some batches may have landed: what the set holds is unknown.
-            self.written[target].clear();
-            return Err(error);
+        let mut written = match results.into_iter().find_map(Result::err) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        };
+        if written.is_ok() {
+            written = board.keep(&term, target).await;
         }
-        self.written[target].extend(changed.iter().copied());
-        if let Err(error) = board.keep(&term, target).await {
-            self.written[target].clear();
+        if let Err(error) = written {
+            // Some batches may have landed: what the set holds is unknown.
+            self.valuer.written[target].clear();
             return Err(error);
         }
         board.flip(&term, target, as_of_ms).await?;
@@ -160,9 +203,9 @@ impl Revaluer {
             .leaderboard_seconds
             .with_label_values(&["write"])
             .observe(writing.elapsed().as_secs_f64());
-        metrics.leaderboard_written.inc_by(changed.len() as u64);
+        metrics.leaderboard_written.inc_by(valued.changed as u64);
 
-        let entries = leaderboard.entries(&top).await.map_err(|error| {
+        let entries = leaderboard.entries(&valued.top).await.map_err(|error| {
             WriteError::Reply(format!("naming the top {TOP_ON_SOCKETS}: {error}"))
         })?;
         // Every cycle: replicas refresh their cached top from it, and hubs
