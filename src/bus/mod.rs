@@ -42,6 +42,26 @@ pub const PUBSUB_BUFFER: usize = 4_096;
 /// How often a failed SUBSCRIBE is retried.
 const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
 
+/// A script's reply as text (strings, bytes and numbers), if it is one.
+pub fn reply_text(value: &fred::types::Value) -> Option<String> {
+    use fred::types::Value;
+    match value {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => std::str::from_utf8(b).ok().map(str::to_string),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// A script's reply as an integer (or text that parses as one).
+pub fn reply_integer(value: &fred::types::Value) -> Option<i64> {
+    match value {
+        fred::types::Value::Integer(i) => Some(*i),
+        other => reply_text(other)?.parse().ok(),
+    }
+}
+
 /// How every connection is built: retry forever, backing off to 2 s
 /// between attempts; commands time out after 2 s.
 fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {

@@ -11,11 +11,14 @@
 //! heard late or twice moves an account backwards.
 //!
 //! Once per `leaderboard.interval_ms` the leader values every account at the
-//! hub's live prices and writes the scores that changed to a Redis sorted
-//! set in pipelined batches (`redis.rs`: two sets written in turn, flipped
-//! whole, fenced by a term), then publishes the top 10 on the bus when it
-//! changed. Any replica answers `top N` and `rank` from Redis in one script
-//! each. Every replica also pushes each of its signed-in sockets a
+//! hub's live prices (on the blocking pool: tens of milliseconds at 100,000
+//! accounts) and writes the scores that changed to a Redis sorted set in
+//! pipelined batches (`redis.rs`: two sets per term written in turn, flipped
+//! whole, only by the term's holder), then publishes the top 10 with the
+//! cycle's `as_of`. Hubs forward it to `leaderboard` sockets when the top 10
+//! changed; every replica then caches the cycle's first 1,000 rows, which
+//! answer `GET /leaderboard`; `/leaderboard/me` is one script on Redis
+//! (`ZRANK`). Every replica also pushes each of its signed-in sockets a
 //! `portfolio` message when that user's value changes.
 //!
 //! Ties: equal net worth ranks the lower user id first.

@@ -31,7 +31,7 @@ use fred::interfaces::{KeysInterface, SortedSetsInterface};
 use fred::types::scripts::Script;
 use fred::types::Value;
 
-use crate::bus::{Bus, BusError};
+use crate::bus::{reply_integer, reply_text, Bus, BusError};
 
 /// Bus channel of account states (a JSON array of `AccountState`).
 pub const ACCOUNTS_CHANNEL: &str = "leaderboard:accounts";
@@ -137,23 +137,6 @@ fn worth_of(score: &str) -> Option<i64> {
     Some(-value as i64)
 }
 
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.to_string()),
-        Value::Bytes(b) => std::str::from_utf8(b).ok().map(str::to_string),
-        Value::Integer(i) => Some(i.to_string()),
-        Value::Double(d) => Some(d.to_string()),
-        _ => None,
-    }
-}
-
-fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Integer(i) => Some(*i),
-        other => text(other)?.parse().ok(),
-    }
-}
-
 /// One cycle's first `n` users: `(user id, net worth)` in rank order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Top {
@@ -220,7 +203,7 @@ impl Board {
                 vec![nonce.to_string(), self.bus.key("leaderboard:")],
             )
             .await?;
-        text(&reply).ok_or_else(|| WriteError::Reply(format!("{reply:?}")))
+        reply_text(&reply).ok_or_else(|| WriteError::Reply(format!("{reply:?}")))
     }
 
     /// Writes `(score, member)` pairs (see [`score`] and [`member`]) into
@@ -263,7 +246,7 @@ impl Board {
                 vec![term.to_string(), as_of_ms.to_string()],
             )
             .await?;
-        match integer(&reply) {
+        match reply_integer(&reply) {
             Some(-1) => Err(WriteError::Fenced),
             Some(total) => Ok(total),
             None => Err(WriteError::Reply(format!("{reply:?}"))),
@@ -296,7 +279,7 @@ impl Board {
             return Ok(None);
         };
         let bad = || WriteError::Reply("malformed top".into());
-        let as_of_ms = parts.first().and_then(integer).ok_or_else(bad)?;
+        let as_of_ms = parts.first().and_then(reply_integer).ok_or_else(bad)?;
         let Some(Value::Array(pairs)) = parts.get(1) else {
             return Err(bad());
         };
@@ -305,8 +288,14 @@ impl Board {
             let [member, score] = pair else {
                 return Err(bad());
             };
-            let user = text(member).as_deref().and_then(user_of).ok_or_else(bad)?;
-            let worth = text(score).as_deref().and_then(worth_of).ok_or_else(bad)?;
+            let user = reply_text(member)
+                .as_deref()
+                .and_then(user_of)
+                .ok_or_else(bad)?;
+            let worth = reply_text(score)
+                .as_deref()
+                .and_then(worth_of)
+                .ok_or_else(bad)?;
             entries.push((user, worth));
         }
         Ok(Some(Top { as_of_ms, entries }))
@@ -326,13 +315,13 @@ impl Board {
             return Ok(Some(Standing::Unranked));
         }
         Ok(Some(Standing::Ranked {
-            as_of_ms: integer(&parts[0]).ok_or_else(bad)?,
-            rank: integer(&parts[1]).ok_or_else(bad)? + 1,
-            net_worth: text(&parts[2])
+            as_of_ms: reply_integer(&parts[0]).ok_or_else(bad)?,
+            rank: reply_integer(&parts[1]).ok_or_else(bad)? + 1,
+            net_worth: reply_text(&parts[2])
                 .as_deref()
                 .and_then(worth_of)
                 .ok_or_else(bad)?,
-            total: integer(&parts[3]).ok_or_else(bad)?,
+            total: reply_integer(&parts[3]).ok_or_else(bad)?,
         }))
     }
 }

@@ -26,7 +26,7 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 
 use super::{InventoryState, Reserve, SaleInfo};
-use crate::bus::{Bus, BusError};
+use crate::bus::{reply_integer, reply_text, Bus, BusError};
 use crate::domain::UserId;
 
 /// Bus channel of inventory updates (JSON, see [`super::book::Update`]).
@@ -178,22 +178,6 @@ pub struct RedisInventory {
     bus: Bus,
 }
 
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.to_string()),
-        Value::Bytes(b) => std::str::from_utf8(b).ok().map(str::to_string),
-        Value::Integer(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Integer(i) => Some(*i),
-        other => text(other)?.parse().ok(),
-    }
-}
-
 fn malformed(what: &str) -> BusError {
     BusError::Redis(fred::error::Error::new(
         fred::error::ErrorKind::Parse,
@@ -249,14 +233,14 @@ impl RedisInventory {
         };
         let word = items
             .first()
-            .and_then(text)
+            .and_then(reply_text)
             .ok_or_else(|| malformed("reserve"))?;
-        let generation = items.get(1).and_then(integer);
+        let generation = items.get(1).and_then(reply_integer);
         let generation = || generation.ok_or_else(|| malformed("reserve"));
         let field = |i: usize| {
             items
                 .get(i)
-                .and_then(integer)
+                .and_then(reply_integer)
                 .ok_or_else(|| malformed("reserve"))
         };
         Ok(match word.as_str() {
@@ -274,7 +258,7 @@ impl RedisInventory {
                 remaining: field(2)?,
                 numbers: items[4..]
                     .iter()
-                    .map(integer)
+                    .map(reply_integer)
                     .collect::<Option<Vec<i64>>>()
                     .ok_or_else(|| malformed("reserve"))?,
             },
@@ -319,7 +303,7 @@ impl RedisInventory {
                 args,
             )
             .await?;
-        let remaining = integer(&reply).ok_or_else(|| malformed("give-back"))?;
+        let remaining = reply_integer(&reply).ok_or_else(|| malformed("give-back"))?;
         Ok((remaining >= 0).then_some(remaining))
     }
 
@@ -363,7 +347,7 @@ impl RedisInventory {
                 args,
             )
             .await?;
-        Ok(integer(&reply) == Some(1))
+        Ok(reply_integer(&reply) == Some(1))
     }
 
     /// The sale's inventory as Redis holds it, or `None` when it holds none.
@@ -378,7 +362,7 @@ impl RedisInventory {
         let field = |i: usize| {
             items
                 .get(i)
-                .and_then(integer)
+                .and_then(reply_integer)
                 .ok_or_else(|| malformed("state"))
         };
         Ok(Some(InventoryState {
@@ -408,7 +392,7 @@ impl RedisInventory {
                 vec![wanted.to_string(), rate_per_sec.to_string()],
             )
             .await?;
-        let granted = integer(&reply)
+        let granted = reply_integer(&reply)
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0);
         Ok((granted, Some(second)))

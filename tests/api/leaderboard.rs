@@ -57,26 +57,19 @@ async fn leaderboard_until(
     panic!("{what}: not within {deadline:?}; last: {last:?}");
 }
 
-async fn buy(app: &TestApp, user: &User, player: i64, quantity: i64, key: &str) {
+async fn trade(app: &TestApp, user: &User, side: &str, player: i64, quantity: i64, key: &str) {
     let response = app
         .order(
             &user.token,
             key,
-            &json!({"player_id": player, "side": "buy", "quantity": quantity}),
+            &json!({"player_id": player, "side": side, "quantity": quantity}),
         )
         .await;
-    assert_eq!(response.status(), StatusCode::CREATED, "buy {key}");
+    assert_eq!(response.status(), StatusCode::CREATED, "{side} {key}");
 }
 
-async fn sell(app: &TestApp, user: &User, player: i64, quantity: i64, key: &str) {
-    let response = app
-        .order(
-            &user.token,
-            key,
-            &json!({"player_id": player, "side": "sell", "quantity": quantity}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED, "sell {key}");
+async fn buy(app: &TestApp, user: &User, player: i64, quantity: i64, key: &str) {
+    trade(app, user, "buy", player, quantity, key).await;
 }
 
 /// The ranking every user's `/portfolio` implies: net worth descending,
@@ -140,7 +133,7 @@ async fn rankings_match_every_users_portfolio_after_prices_move() {
         )
         .await;
         if n % 2 == 0 {
-            sell(&app, user, players[0], n / 2, &format!("c{n}")).await;
+            trade(&app, user, "sell", players[0], n / 2, &format!("c{n}")).await;
         }
     }
     // And a completed drop purchase.
