@@ -6,12 +6,16 @@
 //! several replicas, or a reload racing a fill) never move an account
 //! backwards. A full reload from Postgres also replaces an equal revision:
 //! the copy at that revision may have been assembled while a message was
-//! lost, the reload is the truth.
+//! lost, the reload is the truth. An order sends only the holding it changed
+//! and the cash ([`HoldingChange`]): that applies only on top of the
+//! revision just before it; heard after a gap (a message lost, or overtaken
+//! by a later one from another replica), the account is marked stale and
+//! reloaded from Postgres.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::ledger::AccountState;
+use crate::ledger::{AccountState, AccountUpdate, HoldingChange};
 
 /// A player's live price by player id, copied once per revaluation.
 #[derive(Debug, Default, Clone)]
@@ -99,6 +103,29 @@ impl Account {
         Some(worth)
     }
 
+    /// `change` on top of this account, which is at the revision before it.
+    fn apply_change(&mut self, change: &HoldingChange) {
+        self.revision = change.revision;
+        self.cash = change.cash_cents;
+        self.held = change.held_cents;
+        let player = change.position.player_id;
+        let mut holdings: Vec<Holding> = self
+            .holdings
+            .iter()
+            .filter(|h| h.player != player)
+            .copied()
+            .collect();
+        if change.position.quantity > 0 {
+            holdings.push(Holding {
+                player,
+                quantity: change.position.quantity,
+                cost: change.position.cost_cents,
+            });
+            holdings.sort_unstable_by_key(|h| h.player);
+        }
+        self.holdings = holdings.into_boxed_slice();
+    }
+
     fn state(&self, user_id: i64) -> AccountState {
         AccountState {
             user_id,
@@ -126,12 +153,15 @@ const SHARDS: usize = 64;
 /// Every account this replica knows of.
 pub struct Accounts {
     shards: Vec<RwLock<HashMap<i64, Account>>>,
+    /// Users whose copy missed an update, to reload from Postgres.
+    stale: Mutex<HashSet<i64>>,
 }
 
 impl Default for Accounts {
     fn default() -> Self {
         Accounts {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            stale: Mutex::default(),
         }
     }
 }
@@ -145,10 +175,50 @@ pub struct Valuation {
 }
 
 impl Accounts {
-    /// Takes each state that is newer than the copy (or unknown). Returns
-    /// how many changed.
-    pub fn apply(&self, states: impl IntoIterator<Item = AccountState>) -> usize {
-        self.merge(states, false)
+    /// Takes each update that is newer than the copy: a whole account, or a
+    /// holding change on top of the revision just before it (after a gap
+    /// the account is marked stale instead, see [`Accounts::take_stale`]).
+    /// Returns how many changed.
+    pub fn apply(&self, updates: impl IntoIterator<Item = AccountUpdate>) -> usize {
+        let mut changed = 0;
+        for update in updates {
+            match update {
+                AccountUpdate::Full(state) => changed += self.merge([state], false),
+                AccountUpdate::Holding(change) => {
+                    let mut by_user = self
+                        .shard(change.user_id)
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner());
+                    match by_user.get_mut(&change.user_id) {
+                        Some(account) if change.revision <= account.revision => {}
+                        Some(account) if change.revision == account.revision + 1 => {
+                            account.apply_change(&change);
+                            changed += 1;
+                        }
+                        _ => {
+                            drop(by_user);
+                            self.stale
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(change.user_id);
+                        }
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Marks `users` stale again (their reload failed).
+    pub fn mark_stale(&self, users: impl IntoIterator<Item = i64>) {
+        let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        stale.extend(users);
+    }
+
+    /// The users marked stale since the last call.
+    pub fn take_stale(&self) -> Vec<i64> {
+        let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        stale.drain().collect()
     }
 
     /// Takes a full read from Postgres: each state at least as new as the
@@ -248,7 +318,7 @@ pub fn top(values: &mut [(i64, i64)], n: usize) -> Vec<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Position;
+    use crate::ledger::{HoldingChange, Position};
 
     fn state(user: i64, revision: i64, cash: i64, holdings: &[(i64, i64)]) -> AccountState {
         AccountState {
@@ -268,6 +338,51 @@ mod tests {
         }
     }
 
+    fn full<const N: usize>(states: [AccountState; N]) -> Vec<AccountUpdate> {
+        states.into_iter().map(AccountUpdate::Full).collect()
+    }
+
+    fn change(user: i64, revision: i64, cash: i64, player: i64, quantity: i64) -> AccountUpdate {
+        AccountUpdate::Holding(HoldingChange {
+            user_id: user,
+            revision,
+            cash_cents: cash,
+            held_cents: 0,
+            position: Position {
+                player_id: player,
+                quantity,
+                cost_cents: quantity * 100,
+            },
+        })
+    }
+
+    #[test]
+    fn a_holding_change_applies_on_the_revision_before_it_and_a_gap_marks_the_account_stale() {
+        let accounts = Accounts::default();
+        let prices = PriceTable::new([(3, 10), (4, 1_000)]);
+        accounts.apply(full([state(1, 5, 100, &[(3, 1)])]));
+        // Revision 6 on 5: a new holding.
+        assert_eq!(accounts.apply([change(1, 6, 50, 4, 2)]), 1);
+        assert_eq!(worths(&accounts, &prices), [(1, 50 + 10 + 2_000)]);
+        // Heard twice, or late: nothing.
+        assert_eq!(accounts.apply([change(1, 6, 0, 4, 9)]), 0);
+        // Sold out of player 3: the holding goes.
+        assert_eq!(accounts.apply([change(1, 7, 60, 3, 0)]), 1);
+        assert_eq!(worths(&accounts, &prices), [(1, 60 + 2_000)]);
+        assert!(accounts.take_stale().is_empty());
+        // Revision 9 on 7 (8 was never heard) and an unknown user: stale,
+        // and nothing applied.
+        assert_eq!(
+            accounts.apply([change(1, 9, 1, 4, 1), change(2, 1, 1, 4, 1)]),
+            0
+        );
+        assert_eq!(worths(&accounts, &prices), [(1, 60 + 2_000)]);
+        let mut stale = accounts.take_stale();
+        stale.sort_unstable();
+        assert_eq!(stale, [1, 2]);
+        assert!(accounts.take_stale().is_empty());
+    }
+
     fn worths(accounts: &Accounts, prices: &PriceTable) -> Vec<(i64, i64)> {
         let mut out = Vec::new();
         accounts.net_worths(prices, &mut out);
@@ -278,7 +393,10 @@ mod tests {
     #[test]
     fn net_worth_is_cash_plus_holdings_at_the_table_s_prices() {
         let accounts = Accounts::default();
-        accounts.apply([state(1, 1, 1_000, &[(3, 2), (7, 5)]), state(2, 0, 50, &[])]);
+        accounts.apply(full([
+            state(1, 1, 1_000, &[(3, 2), (7, 5)]),
+            state(2, 0, 50, &[]),
+        ]));
         let prices = PriceTable::new([(3, 110), (7, 9)]);
         assert_eq!(worths(&accounts, &prices), [(1, 1_000 + 220 + 45), (2, 50)]);
     }
@@ -287,15 +405,15 @@ mod tests {
     fn an_older_state_never_replaces_a_newer_one_whatever_the_order() {
         let accounts = Accounts::default();
         let prices = PriceTable::new([(3, 10)]);
-        assert_eq!(accounts.apply([state(1, 5, 100, &[(3, 1)])]), 1);
-        assert_eq!(accounts.apply([state(1, 4, 999, &[])]), 0);
+        assert_eq!(accounts.apply(full([state(1, 5, 100, &[(3, 1)])])), 1);
+        assert_eq!(accounts.apply(full([state(1, 4, 999, &[])])), 0);
         assert_eq!(
-            accounts.apply([state(1, 5, 999, &[])]),
+            accounts.apply(full([state(1, 5, 999, &[])])),
             0,
             "equal is not newer"
         );
         assert_eq!(worths(&accounts, &prices), [(1, 110)]);
-        assert_eq!(accounts.apply([state(1, 6, 90, &[(3, 2)])]), 1);
+        assert_eq!(accounts.apply(full([state(1, 6, 90, &[(3, 2)])])), 1);
         assert_eq!(worths(&accounts, &prices), [(1, 110)]);
     }
 
@@ -303,7 +421,7 @@ mod tests {
     fn a_reload_repairs_a_copy_at_the_same_revision_but_not_a_newer_one() {
         let accounts = Accounts::default();
         let prices = PriceTable::new([(3, 10)]);
-        accounts.apply([state(1, 5, 100, &[]), state(2, 9, 100, &[])]);
+        accounts.apply(full([state(1, 5, 100, &[]), state(2, 9, 100, &[])]));
         // User 1's copy at revision 5 is wrong (a lost message); user 2 has
         // heard of a fill newer than the reload's snapshot.
         let changed = accounts.reload([
@@ -318,7 +436,7 @@ mod tests {
     #[test]
     fn an_account_holding_an_unpriced_player_is_left_out_not_valued_at_zero() {
         let accounts = Accounts::default();
-        accounts.apply([state(1, 1, 10, &[(99, 1)]), state(2, 1, 10, &[])]);
+        accounts.apply(full([state(1, 1, 10, &[(99, 1)]), state(2, 1, 10, &[])]));
         let mut out = Vec::new();
         let valuation = accounts.net_worths(&PriceTable::new([(1, 5)]), &mut out);
         assert_eq!(

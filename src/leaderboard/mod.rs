@@ -50,7 +50,7 @@ use crate::domain::{Cents, PlayerId, UserId};
 use crate::error::Unexpected;
 use crate::http::wire::{LeaderboardEntry, PortfolioMessage, PortfolioResponse};
 use crate::leader::Leadership;
-use crate::ledger::{AccountSink, AccountState};
+use crate::ledger::{AccountSink, AccountState, AccountUpdate};
 use crate::metrics::Metrics;
 use crate::players::Quote;
 use crate::trading::{value_portfolio, Holding, Positions};
@@ -64,6 +64,8 @@ const ACCOUNTS_PER_PUBLISH: usize = 512;
 /// How often each replica refreshes its `leaderboard` snapshot from Redis,
 /// in case it missed a published top 10.
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(5);
+/// How often accounts that missed an update are reloaded from Postgres.
+const REPAIR_INTERVAL: Duration = Duration::from_millis(100);
 /// Rows in the `leaderboard` channel's messages.
 pub const TOP_ON_SOCKETS: usize = 10;
 /// Rows each replica keeps of the latest revaluation, so `GET /leaderboard`
@@ -104,7 +106,7 @@ pub struct Leaderboard {
     hub: Arc<Hub>,
     pool: Pool,
     metrics: Arc<Metrics>,
-    outbox: mpsc::Sender<AccountState>,
+    outbox: mpsc::Sender<AccountUpdate>,
     /// The first [`CACHED_TOP`] of the latest revaluation heard of.
     cached: std::sync::RwLock<Option<Cached>>,
     /// How old the cache may be before a read goes to Redis instead: two
@@ -203,6 +205,23 @@ impl Leaderboard {
         Ok(changed)
     }
 
+    /// Reloads from Postgres the accounts whose copy missed an update.
+    async fn repair(&self) -> Result<usize, Unexpected> {
+        let stale = self.accounts.take_stale();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let states = pg::accounts_of(&self.pool, &stale).await;
+        match states {
+            Ok(states) => Ok(self.accounts.reload(states)),
+            Err(error) => {
+                // Tried again at the next repair.
+                self.accounts.mark_stale(stale);
+                Err(error)
+            }
+        }
+    }
+
     /// The first `limit` users of the latest revaluation: from this
     /// replica's copy of its first rows while that is recent, else from
     /// Redis.
@@ -293,15 +312,17 @@ impl Leaderboard {
     /// New users, ranked at once at their opening balance (the leader's
     /// next revaluation includes them anyway).
     pub async fn joined(&self, users: &[(UserId, String)], opening: Cents) {
-        let states: Vec<AccountState> = users
+        let states: Vec<AccountUpdate> = users
             .iter()
-            .map(|(user, username)| AccountState {
-                user_id: user.0,
-                username: username.clone(),
-                revision: 0,
-                cash_cents: opening.get(),
-                held_cents: 0,
-                holdings: Vec::new(),
+            .map(|(user, username)| {
+                AccountUpdate::Full(AccountState {
+                    user_id: user.0,
+                    username: username.clone(),
+                    revision: 0,
+                    cash_cents: opening.get(),
+                    held_cents: 0,
+                    holdings: Vec::new(),
+                })
             })
             .collect();
         self.accounts_changed(states);
@@ -445,21 +466,21 @@ impl Leaderboard {
 }
 
 impl AccountSink for Leaderboard {
-    fn accounts_changed(&self, states: Vec<AccountState>) {
-        for state in &states {
-            if self.outbox.try_send(state.clone()).is_err() {
+    fn accounts_changed(&self, updates: Vec<AccountUpdate>) {
+        for update in &updates {
+            if self.outbox.try_send(update.clone()).is_err() {
                 tracing::warn!(
-                    user_id = state.user_id,
+                    user_id = update.user_id(),
                     "account queue full; other replicas catch up at the next resync"
                 );
             }
         }
-        self.accounts.apply(states);
+        self.accounts.apply(updates);
     }
 }
 
 /// Publishes queued account states, many per message.
-async fn publish(bus: Bus, mut queued: mpsc::Receiver<AccountState>) {
+async fn publish(bus: Bus, mut queued: mpsc::Receiver<AccountUpdate>) {
     let mut batch = Vec::with_capacity(ACCOUNTS_PER_PUBLISH);
     while let Some(first) = queued.recv().await {
         batch.push(first);
@@ -501,7 +522,7 @@ async fn listen(
             message = messages.recv() => match message {
                 Ok(message) if *message.channel == *channel => {
                     let Some(payload) = message.value.as_str() else { continue };
-                    match serde_json::from_str::<Vec<AccountState>>(&payload) {
+                    match serde_json::from_str::<Vec<AccountUpdate>>(&payload) {
                         Ok(states) => {
                             leaderboard.accounts.apply(states);
                         }
@@ -543,6 +564,8 @@ async fn replica_loop(
     pushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut reloads = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     reloads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut repairs = tokio::time::interval(REPAIR_INTERVAL);
+    repairs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut refreshes = tokio::time::interval(SNAPSHOT_REFRESH);
     refreshes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sent = HashMap::new();
@@ -570,6 +593,11 @@ async fn replica_loop(
                 }
             }
             _ = refreshes.tick() => leaderboard.refresh_snapshot().await,
+            _ = repairs.tick() => {
+                if let Err(error) = leaderboard.repair().await {
+                    tracing::warn!(%error, "reloading stale accounts failed");
+                }
+            }
         }
     }
 }

@@ -13,6 +13,12 @@ pub async fn all_accounts(pool: &Pool) -> Result<Vec<AccountState>, Unexpected> 
     Ok(posting::account_states(&**client, None).await?)
 }
 
+/// The accounts of `users`.
+pub async fn accounts_of(pool: &Pool, users: &[i64]) -> Result<Vec<AccountState>, Unexpected> {
+    let client = pool.get().await?;
+    Ok(posting::account_states(&**client, Some(users)).await?)
+}
+
 /// The usernames of `users` (those that exist).
 pub async fn usernames(pool: &Pool, users: &[i64]) -> Result<HashMap<i64, String>, Unexpected> {
     let client = pool.get().await?;

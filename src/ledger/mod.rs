@@ -25,7 +25,7 @@ use crate::error::Unexpected;
 pub mod posting {
     pub use super::pg::{
         account_states, balances, capture_holds, credit_from_market, debit_to_market, hold_cash,
-        open_accounts,
+        open_accounts, Posted,
     };
 }
 
@@ -54,11 +54,45 @@ pub struct Position {
     pub cost_cents: i64,
 }
 
+/// One holding changed together with the cash, as of `revision`: all an
+/// order changes, known from what its statements return, so an order pays
+/// no extra query for it. Applies only on top of the state at
+/// `revision − 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldingChange {
+    pub user_id: i64,
+    pub revision: i64,
+    pub cash_cents: i64,
+    pub held_cents: i64,
+    /// The holding after the change (quantity 0: none left).
+    pub position: Position,
+}
+
+/// How a transaction tells what it did to an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AccountUpdate {
+    /// The whole account.
+    Full(AccountState),
+    /// One holding and the cash.
+    Holding(HoldingChange),
+}
+
+impl AccountUpdate {
+    /// The account's user.
+    pub fn user_id(&self) -> i64 {
+        match self {
+            AccountUpdate::Full(state) => state.user_id,
+            AccountUpdate::Holding(change) => change.user_id,
+        }
+    }
+}
+
 /// Told, after commit, of every account a transaction changed (the
 /// leaderboard's snapshots on every replica are kept current this way).
 /// Must not block: implementations queue.
 pub trait AccountSink: Send + Sync {
-    fn accounts_changed(&self, states: Vec<AccountState>);
+    fn accounts_changed(&self, updates: Vec<AccountUpdate>);
 }
 
 /// The books at one instant, as `/api/v1/admin/audit` reports them.

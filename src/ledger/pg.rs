@@ -87,20 +87,20 @@ pub async fn open_accounts(
 }
 
 /// Moves `amount` of the user's spendable cash (cash − held) to the market,
-/// guarded in the statement itself: returns the new cash balance, or `None`
-/// (and changes nothing) when spendable cash is short.
+/// guarded in the statement itself: returns the user's balances after it,
+/// or `None` (and changes nothing) when spendable cash is short.
 pub async fn debit_to_market(
     tx: &Transaction<'_>,
     user: UserId,
     amount: Cents,
     txn: &str,
-) -> Result<Option<Cents>, tokio_postgres::Error> {
+) -> Result<Option<Posted>, tokio_postgres::Error> {
     let row = tx
         .query_opt(
             "WITH debit AS (
                  UPDATE users SET cash_cents = cash_cents - $2, revision = revision + 1
                   WHERE id = $1 AND cash_cents - held_cents >= $2
-                 RETURNING cash_cents
+                 RETURNING cash_cents, held_cents, revision
              ), entries AS (
                  INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
                  SELECT $3, e.account, e.user_id, e.amount
@@ -108,30 +108,31 @@ pub async fn debit_to_market(
                                        ('market', NULL::bigint, $2::bigint))
                                AS e(account, user_id, amount)
              )
-             SELECT cash_cents FROM debit",
+             SELECT cash_cents, held_cents, revision FROM debit",
             &[&user.0, &amount.get(), &txn],
         )
         .await?;
-    let balance = row.map(|r| Cents::new(r.get(0)));
-    if let Some(balance) = balance {
-        assert!(balance.get() >= 0, "cash went negative for user {user}");
+    let posted = row.as_ref().map(Posted::from_row);
+    if let Some(posted) = &posted {
+        assert!(posted.cash.get() >= 0, "cash went negative for user {user}");
     }
-    Ok(balance)
+    Ok(posted)
 }
 
-/// Moves `amount` from the market to the user; returns the new cash balance.
+/// Moves `amount` from the market to the user; returns the user's balances
+/// after it.
 pub async fn credit_from_market(
     tx: &Transaction<'_>,
     user: UserId,
     amount: Cents,
     txn: &str,
-) -> Result<Cents, tokio_postgres::Error> {
+) -> Result<Posted, tokio_postgres::Error> {
     let row = tx
         .query_one(
             "WITH credit AS (
                  UPDATE users SET cash_cents = cash_cents + $2, revision = revision + 1
                   WHERE id = $1
-                 RETURNING cash_cents
+                 RETURNING cash_cents, held_cents, revision
              ), entries AS (
                  INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
                  SELECT $3, e.account, e.user_id, e.amount
@@ -139,11 +140,29 @@ pub async fn credit_from_market(
                                         ('market', NULL::bigint, -$2::bigint))
                                 AS e(account, user_id, amount)
              )
-             SELECT cash_cents FROM credit",
+             SELECT cash_cents, held_cents, revision FROM credit",
             &[&user.0, &amount.get(), &txn],
         )
         .await?;
-    Ok(Cents::new(row.get(0)))
+    Ok(Posted::from_row(&row))
+}
+
+/// A user's balances right after a posting, and the account's revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posted {
+    pub cash: Cents,
+    pub held: Cents,
+    pub revision: i64,
+}
+
+impl Posted {
+    fn from_row(row: &tokio_postgres::Row) -> Posted {
+        Posted {
+            cash: Cents::new(row.get(0)),
+            held: Cents::new(row.get(1)),
+            revision: row.get(2),
+        }
+    }
 }
 
 /// The user's total and held cash, read on the caller's transaction.

@@ -15,7 +15,12 @@ use super::redis::RedisInventory;
 use super::PurchaseNotifier;
 use crate::domain::UserId;
 use crate::error::Unexpected;
-use crate::ledger::AccountSink;
+use crate::ledger::{AccountSink, AccountState, AccountUpdate};
+
+/// Whole accounts, as updates.
+fn full(states: Vec<AccountState>) -> Vec<AccountUpdate> {
+    states.into_iter().map(AccountUpdate::Full).collect()
+}
 
 /// How long an idle worker sleeps before looking for work again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -51,7 +56,7 @@ impl Settler {
     async fn capture(&self) -> Result<usize, Unexpected> {
         let captured = self.store.capture_step(self.batch_max as i64).await?;
         if !captured.accounts.is_empty() {
-            self.accounts.accounts_changed(captured.accounts);
+            self.accounts.accounts_changed(full(captured.accounts));
         }
         for (user, purchase) in &captured.completed {
             self.notifier.purchase_changed(*user, purchase).await;
@@ -108,7 +113,7 @@ impl Settler {
         let mut outcome = self.store.hold_step(tokens as i64).await?;
         if !outcome.accounts.is_empty() {
             self.accounts
-                .accounts_changed(std::mem::take(&mut outcome.accounts));
+                .accounts_changed(full(std::mem::take(&mut outcome.accounts)));
         }
         let claimed = (outcome.held.len() + outcome.failures.len()) as u64;
         if let (Some(window), true) = (window, claimed < tokens) {

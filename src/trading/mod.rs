@@ -20,7 +20,7 @@ pub use pg::PgOrders;
 use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::IdempotencyKey;
-use crate::ledger::{AccountSink, AccountState};
+use crate::ledger::{AccountSink, AccountUpdate};
 use crate::players::{PriceReader, Quote};
 
 /// Endpoint name that scopes idempotency keys of orders.
@@ -96,7 +96,7 @@ pub struct Placed {
     /// True when this is the stored outcome of an earlier request.
     pub replayed: bool,
     /// The user's account as this fill's commit left it (a new fill only).
-    pub account: Option<AccountState>,
+    pub account: Option<AccountUpdate>,
 }
 
 /// Failures that are not remembered: a retry executes again.

@@ -12,7 +12,7 @@ use super::{
 use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::{self, Claim};
-use crate::ledger::posting;
+use crate::ledger::{posting, AccountUpdate, HoldingChange, Position};
 use crate::players::gate;
 
 /// Orders and holdings in Postgres.
@@ -222,7 +222,7 @@ impl OrderStore for PgOrders {
         let total = price.times(order.quantity);
         let txn = format!("order:{order_id}");
 
-        let balance = match (order.side, total) {
+        let (posted, holding) = match (order.side, total) {
             // Nobody has more than i64::MAX cents.
             (Side::Buy, None) => {
                 return finish(tx, order, Err(Rejection::InsufficientFunds)).await;
@@ -234,47 +234,64 @@ impl OrderStore for PgOrders {
                 let debited = posting::debit_to_market(&tx, order.user, total, &txn)
                     .await
                     .map_err(unexpected)?;
-                let Some(balance) = debited else {
+                let Some(posted) = debited else {
                     return finish(tx, order, Err(Rejection::InsufficientFunds)).await;
                 };
-                tx.execute(
-                    "INSERT INTO holdings (user_id, player_id, quantity, cost_cents)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (user_id, player_id) DO UPDATE
-                        SET quantity = holdings.quantity + EXCLUDED.quantity,
-                            cost_cents = holdings.cost_cents + EXCLUDED.cost_cents",
-                    &[
-                        &order.user.0,
-                        &order.player.0,
-                        &order.quantity.get(),
-                        &total.get(),
-                    ],
-                )
-                .await
-                .map_err(unexpected)?;
-                balance
+                let holding = tx
+                    .query_one(
+                        "INSERT INTO holdings (user_id, player_id, quantity, cost_cents)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (user_id, player_id) DO UPDATE
+                            SET quantity = holdings.quantity + EXCLUDED.quantity,
+                                cost_cents = holdings.cost_cents + EXCLUDED.cost_cents
+                         RETURNING quantity, cost_cents",
+                        &[
+                            &order.user.0,
+                            &order.player.0,
+                            &order.quantity.get(),
+                            &total.get(),
+                        ],
+                    )
+                    .await
+                    .map_err(unexpected)?;
+                (posted, holding)
             }
             (Side::Sell, Some(total)) => {
                 // The guard is the write: no row means too few shares.
                 // The cost basis shrinks in proportion (average cost).
                 let sold = tx
-                    .execute(
+                    .query_opt(
                         "UPDATE holdings
                             SET quantity = quantity - $3,
                                 cost_cents = cost_cents - div(cost_cents::numeric * $3, quantity)::bigint
-                          WHERE user_id = $1 AND player_id = $2 AND quantity >= $3",
+                          WHERE user_id = $1 AND player_id = $2 AND quantity >= $3
+                         RETURNING quantity, cost_cents",
                         &[&order.user.0, &order.player.0, &order.quantity.get()],
                     )
                     .await
                     .map_err(unexpected)?;
-                if sold == 0 {
+                let Some(holding) = sold else {
                     return finish(tx, order, Err(Rejection::InsufficientHoldings)).await;
-                }
-                posting::credit_from_market(&tx, order.user, total, &txn)
+                };
+                let posted = posting::credit_from_market(&tx, order.user, total, &txn)
                     .await
-                    .map_err(unexpected)?
+                    .map_err(unexpected)?;
+                (posted, holding)
             }
         };
+        let balance = posted.cash;
+        // What this commit leaves the user with, for the leaderboard.
+        let account = AccountUpdate::Holding(HoldingChange {
+            user_id: order.user.0,
+            revision: posted.revision,
+            cash_cents: posted.cash.get(),
+            held_cents: posted.held.get(),
+            position: Position {
+                player_id: order.player.0,
+                quantity: holding.get(0),
+                cost_cents: holding.get(1),
+            },
+        });
         let total = total.unwrap_or(Cents::ZERO);
 
         let executed_at: DateTime<Utc> = tx
@@ -310,13 +327,8 @@ impl OrderStore for PgOrders {
             epoch,
             executed_at,
         };
-        // What this commit leaves the user with, for the leaderboard.
-        let account = posting::account_states(&*tx, Some(&[order.user.0]))
-            .await
-            .map_err(unexpected)?
-            .pop();
         let mut placed = finish(tx, order, Ok(filled)).await?;
-        placed.account = account;
+        placed.account = Some(account);
         Ok(placed)
     }
 
