@@ -91,7 +91,13 @@ struct LeaderboardSlot {
     as_of_ms: i64,
     entries: Vec<crate::http::wire::LeaderboardEntry>,
     data: ByteString,
+    /// When this replica heard it.
+    heard: std::time::Instant,
 }
+
+/// A top 10 held this long gives way to any other, whatever their `as_of`:
+/// a new leader's clock may be behind the last one's.
+const LEADERBOARD_HELD_FOR: Duration = Duration::from_secs(3);
 
 /// Every socket of the replica, and each signed-in user's sockets, so a
 /// fill costs a lookup rather than a scan of every socket.
@@ -265,10 +271,9 @@ impl Hub {
     pub fn leaderboard_changed(&self, message: &messages::LeaderboardMessage) {
         {
             let mut held = self.leaderboard.lock().unwrap_or_else(|p| p.into_inner());
-            if held
-                .as_ref()
-                .is_some_and(|slot| slot.as_of_ms >= message.as_of_ms)
-            {
+            if held.as_ref().is_some_and(|slot| {
+                slot.as_of_ms >= message.as_of_ms && slot.heard.elapsed() < LEADERBOARD_HELD_FOR
+            }) {
                 return;
             }
             let same = held
@@ -278,6 +283,7 @@ impl Hub {
                 as_of_ms: message.as_of_ms,
                 entries: message.entries.clone(),
                 data: ByteString::from(message.data()),
+                heard: std::time::Instant::now(),
             });
             if same {
                 return;

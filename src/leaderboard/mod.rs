@@ -109,15 +109,21 @@ pub struct Leaderboard {
     outbox: mpsc::Sender<AccountUpdate>,
     /// The first [`CACHED_TOP`] of the latest revaluation heard of.
     cached: std::sync::RwLock<Option<Cached>>,
-    /// How old the cache may be before a read goes to Redis instead: two
-    /// revaluation intervals and a second.
-    cache_for: chrono::Duration,
+    /// How long after it was read the cache answers before a read goes to
+    /// Redis instead: a revaluation interval and a second.
+    cache_for: Duration,
+    /// The `as_of_ms` of the latest revaluation announced on the bus.
+    announced: watch::Sender<i64>,
+    /// Set when account states may have been missed: reload them all.
+    reload_wanted: tokio::sync::Notify,
 }
 
 /// A revaluation's first rows, as read from Redis.
 struct Cached {
     as_of_ms: i64,
     entries: Arc<Vec<LeaderboardEntry>>,
+    /// When it was read (this replica's clock, not the leader's).
+    read_at: std::time::Instant,
 }
 
 fn from_ms(ms: i64) -> DateTime<Utc> {
@@ -153,10 +159,9 @@ impl Leaderboard {
             metrics,
             outbox,
             cached: std::sync::RwLock::new(None),
-            cache_for: chrono::Duration::milliseconds(
-                i64::try_from(settings.interval_ms.saturating_mul(2)).unwrap_or(i64::MAX / 2)
-                    + 1_000,
-            ),
+            cache_for: Duration::from_millis(settings.interval_ms.saturating_add(1_000)),
+            announced: watch::channel(0).0,
+            reload_wanted: tokio::sync::Notify::new(),
         });
         let messages = bus.messages();
         let reconnections = bus.reconnections();
@@ -174,6 +179,7 @@ impl Leaderboard {
                 reconnections,
                 shutdown.clone(),
             )),
+            tokio::spawn(cache_loop(leaderboard.clone(), shutdown.clone())),
             tokio::spawn(replica_loop(
                 leaderboard.clone(),
                 interval,
@@ -205,6 +211,29 @@ impl Leaderboard {
         Ok(changed)
     }
 
+    /// [`Leaderboard::reload`], logging the outcome.
+    async fn reload_logged(&self) {
+        match self.reload().await {
+            Ok(changed) => tracing::debug!(changed, "accounts reloaded"),
+            Err(error) => tracing::warn!(%error, "reloading accounts failed"),
+        }
+    }
+
+    /// Whether Postgres says this replica's leader session still holds the
+    /// leader lock (a half-open connection can leave `is_leader` true).
+    async fn holds_lock(&self, leadership: &Leadership) -> bool {
+        let Some(fence) = leadership.fence() else {
+            return false;
+        };
+        match pg::holds_leader_lock(&self.pool, fence).await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "checking the leader lock failed");
+                false
+            }
+        }
+    }
+
     /// Reloads from Postgres the accounts whose copy missed an update.
     async fn repair(&self) -> Result<usize, Unexpected> {
         let stale = self.accounts.take_stale();
@@ -226,10 +255,12 @@ impl Leaderboard {
     /// replica's copy of its first rows while that is recent, else from
     /// Redis.
     pub async fn top(&self, limit: usize) -> Result<Ranking, LeaderboardError> {
-        let fresh_since = (Utc::now() - self.cache_for).timestamp_millis();
         if limit <= CACHED_TOP {
             let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(cached) = cached.as_ref().filter(|c| c.as_of_ms >= fresh_since) {
+            if let Some(cached) = cached
+                .as_ref()
+                .filter(|c| c.read_at.elapsed() < self.cache_for)
+            {
                 return Ok(Ranking {
                     as_of: from_ms(cached.as_of_ms),
                     entries: cached.entries.iter().take(limit).cloned().collect(),
@@ -341,9 +372,15 @@ impl Leaderboard {
             cached.as_ref().map(|c| Cached {
                 as_of_ms: c.as_of_ms,
                 entries: c.entries.clone(),
+                read_at: c.read_at,
             })
         };
-        if as_of_ms > 0 && held.as_ref().is_some_and(|c| c.as_of_ms >= as_of_ms) {
+        let recent = |c: &Cached| c.read_at.elapsed() < self.cache_for;
+        if as_of_ms > 0
+            && held
+                .as_ref()
+                .is_some_and(|c| c.as_of_ms >= as_of_ms && recent(c))
+        {
             return held;
         }
         let top = match self.board.top(CACHED_TOP).await {
@@ -361,16 +398,24 @@ impl Leaderboard {
                 return None;
             }
         };
+        let read_at = std::time::Instant::now();
         let mut cached = self.cached.write().unwrap_or_else(|p| p.into_inner());
-        if cached.as_ref().is_none_or(|c| c.as_of_ms < top.as_of_ms) {
+        // Newer, or the held one is old (a new leader's clock may be behind
+        // the last one's: `as_of` alone cannot order them).
+        if cached
+            .as_ref()
+            .is_none_or(|c| c.as_of_ms < top.as_of_ms || !recent(c))
+        {
             *cached = Some(Cached {
                 as_of_ms: top.as_of_ms,
                 entries: entries.clone(),
+                read_at,
             });
         }
         Some(Cached {
             as_of_ms: top.as_of_ms,
             entries,
+            read_at,
         })
     }
 
@@ -531,10 +576,12 @@ async fn listen(
                     false
                 }
                 Ok(message) if *message.channel == *cycles => {
-                    // A revaluation was flipped in: cache its first rows.
+                    // A revaluation was flipped in: the cache task reads its
+                    // first rows (this loop only decodes and applies, so it
+                    // keeps up with the bus).
                     let Some(payload) = message.value.as_str() else { continue };
                     if let Ok(top) = serde_json::from_str::<LeaderboardMessage>(&payload) {
-                        leaderboard.refresh_cache(top.as_of_ms).await;
+                        leaderboard.announced.send_replace(top.as_of_ms);
                     }
                     false
                 }
@@ -545,8 +592,24 @@ async fn listen(
         };
         if missed {
             tracing::info!("account states may have been missed; reloading from postgres");
-            if let Err(error) = leaderboard.reload().await {
-                tracing::warn!(%error, "reloading accounts failed");
+            // Coalesced: however often this fires, one reload at a time.
+            leaderboard.reload_wanted.notify_one();
+        }
+    }
+}
+
+/// Caches the first rows of each revaluation announced on the bus.
+async fn cache_loop(leaderboard: Arc<Leaderboard>, mut shutdown: watch::Receiver<bool>) {
+    let mut announced = leaderboard.announced.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            changed = announced.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let as_of_ms = *announced.borrow_and_update();
+                leaderboard.refresh_cache(as_of_ms).await;
             }
         }
     }
@@ -586,12 +649,8 @@ async fn replica_loop(
                 .await
                 .unwrap_or_default();
             }
-            _ = reloads.tick() => {
-                match leaderboard.reload().await {
-                    Ok(changed) => tracing::debug!(changed, "accounts reloaded"),
-                    Err(error) => tracing::warn!(%error, "reloading accounts failed"),
-                }
-            }
+            _ = reloads.tick() => leaderboard.reload_logged().await,
+            _ = leaderboard.reload_wanted.notified() => leaderboard.reload_logged().await,
             _ = refreshes.tick() => leaderboard.refresh_snapshot().await,
             _ = repairs.tick() => {
                 if let Err(error) = leaderboard.repair().await {

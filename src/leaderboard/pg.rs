@@ -32,3 +32,15 @@ pub async fn usernames(pool: &Pool, users: &[i64]) -> Result<HashMap<i64, String
         .map(|row| (row.get(0), row.get(1)))
         .collect())
 }
+
+/// Whether the session `fence` names still holds the leader lock.
+pub async fn holds_leader_lock(
+    pool: &Pool,
+    fence: crate::leader::Fence,
+) -> Result<bool, Unexpected> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_one(&crate::leader::fence_sql(), &[&fence.leader_pid])
+        .await?
+        .get(0))
+}

@@ -92,15 +92,20 @@ return {m[2], rank, redis.call('ZSCORE', m[1], ARGV[1]), redis.call('ZCARD', m[1
     )
 });
 
-/// KEYS: meta. ARGV: score/member pairs, added to both of the term's sets
-/// where absent only.
+/// KEYS: meta. ARGV: TTL (ms), then score/member pairs, added to both of
+/// the term's sets where absent only (in chunks: `unpack` has a limit).
 static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
 local sets = redis.call('HMGET', KEYS[1], 'set_a', 'set_b')
 local added = 0
 for _, set in ipairs(sets) do
-  if set then added = added + redis.call('ZADD', set, 'NX', unpack(ARGV)) end
+  if set then
+    for i = 2, #ARGV, 1000 do
+      added = added + redis.call('ZADD', set, 'NX', unpack(ARGV, i, math.min(i + 999, #ARGV)))
+    end
+    if redis.call('PTTL', set) < 0 then redis.call('PEXPIRE', set, ARGV[1]) end
+  end
 end
 return added
 "#,
@@ -225,14 +230,15 @@ impl Board {
         Ok(())
     }
 
-    /// Keeps `term`'s set `which` alive for another [`SET_TTL`].
-    pub async fn keep(&self, term: &str, which: usize) -> Result<(), WriteError> {
-        let _set: bool = self
+    /// Keeps `term`'s set `which` alive for another [`SET_TTL`]; false when
+    /// the set does not exist (never written, expired, evicted or flushed).
+    pub async fn keep(&self, term: &str, which: usize) -> Result<bool, WriteError> {
+        let exists: bool = self
             .writer
             .pexpire(self.set(term, which), SET_TTL.as_millis() as i64, None)
             .await
             .map_err(BusError::from)?;
-        Ok(())
+        Ok(exists)
     }
 
     /// Makes `term`'s set `which` the one readers use, as of `as_of_ms`, if
@@ -260,7 +266,8 @@ impl Board {
         if users.is_empty() {
             return Ok(());
         }
-        let mut args = Vec::with_capacity(users.len() * 2);
+        let mut args = Vec::with_capacity(1 + users.len() * 2);
+        args.push(SET_TTL.as_millis().to_string());
         for &(user, worth) in users {
             args.push(score(worth).to_string());
             args.push(member(user));

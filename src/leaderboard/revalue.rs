@@ -31,7 +31,16 @@ struct Revaluer {
     /// The set readers use.
     current: usize,
     valuer: Valuer,
+    /// Cycles written under this term.
+    cycles: u64,
 }
+
+/// Every this many cycles a set is written in full rather than only where
+/// its scores differ, in case Redis lost or rolled back what the leader
+/// remembers writing (a restore from an older snapshot keeps the key). While
+/// prices tick nearly every score changes each cycle anyway, so this costs
+/// little.
+const FULL_WRITE_EVERY: u64 = 30;
 
 /// The CPU side of a cycle, run off the async runtime (it takes tens of
 /// milliseconds at 100,000 accounts, which would stall every other task on
@@ -123,7 +132,7 @@ pub(super) async fn run(
             }
             continue;
         }
-        match revaluer.cycle(&leaderboard, batch).await {
+        match revaluer.cycle(&leaderboard, &leadership, batch).await {
             Ok(()) => {}
             Err(WriteError::Fenced) => {
                 tracing::warn!(
@@ -131,21 +140,39 @@ pub(super) async fn run(
                 );
                 revaluer.term = None;
             }
-            Err(error) => tracing::warn!(%error, "leaderboard revaluation failed"),
+            Err(error) => {
+                // What Redis holds is unknown (a flip may even have run and
+                // only its reply been lost): start over under a new term.
+                tracing::warn!(%error, "leaderboard revaluation failed; taking a new term");
+                revaluer.term = None;
+            }
         }
     }
 }
 
 impl Revaluer {
-    async fn cycle(&mut self, leaderboard: &Leaderboard, batch: usize) -> Result<(), WriteError> {
+    async fn cycle(
+        &mut self,
+        leaderboard: &Leaderboard,
+        leadership: &Leadership,
+        batch: usize,
+    ) -> Result<(), WriteError> {
         let board = &leaderboard.board;
         let term = match &self.term {
             Some(term) => term.clone(),
             None => {
+                // A deposed leader that has not noticed yet (its lock's
+                // connection half-open) must not take the term back.
+                if !leaderboard.holds_lock(leadership).await {
+                    return Err(WriteError::Reply(
+                        "not the leader by pg_locks; no new term".into(),
+                    ));
+                }
                 let term = board.new_term().await?;
                 tracing::info!(%term, "writing the leaderboard under a new term");
                 self.term = Some(term.clone());
                 self.valuer.written = Default::default();
+                self.cycles = 0;
                 term
             }
         };
@@ -154,6 +181,12 @@ impl Revaluer {
         let as_of_ms = Utc::now().timestamp_millis();
         let prices = PriceTable::new(leaderboard.hub.prices());
         let target = 1 - self.current;
+        // A set that is gone (expired, evicted, flushed), or due for a full
+        // write: everything is written into it again.
+        self.cycles += 1;
+        if !board.keep(&term, target).await? || self.cycles.is_multiple_of(FULL_WRITE_EVERY) {
+            self.valuer.written[target].clear();
+        }
         let mut valuer = std::mem::take(&mut self.valuer);
         let accounts = leaderboard.accounts.clone();
         let (valuer, valued) = tokio::task::spawn_blocking(move || {
@@ -190,7 +223,7 @@ impl Revaluer {
             None => Ok(()),
         };
         if written.is_ok() {
-            written = board.keep(&term, target).await;
+            written = board.keep(&term, target).await.map(|_| ());
         }
         if let Err(error) = written {
             // Some batches may have landed: what the set holds is unknown.

@@ -446,3 +446,36 @@ async fn a_leader_whose_term_was_taken_cannot_flip_and_a_stale_write_is_never_re
     assert_eq!(place(&app, &user).await["net_worth_cents"], 1_000_000);
     let _ = redis.quit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sets_that_redis_lost_under_the_same_term_are_written_whole_again() {
+    use fred::prelude::*;
+
+    let settings = fast_settings().await;
+    let redis_url = settings.redis.url.expose().to_string();
+    let meta = format!("{}leaderboard:meta", settings.redis.key_prefix);
+    let app = spawn_app_with(settings).await;
+    app.bulk_users("quiet", 3, 1_000_000).await;
+    leaderboard_until(&app, Duration::from_secs(5), "ranked", |board| {
+        ranking_of(board).len() == 3
+    })
+    .await;
+    let redis = Builder::from_config(Config::from_url(&redis_url).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    let term: String = redis.hget(&meta, "term").await.unwrap();
+    // Evicted (or expired) sets, the term untouched: prices are still, so
+    // no score changes, and only a full write brings the users back.
+    let sets: Vec<String> = redis.hmget(&meta, vec!["set_a", "set_b"]).await.unwrap();
+    let deleted: i64 = redis.del(sets).await.unwrap();
+    assert_eq!(deleted, 2);
+    let gone = now_ms();
+    leaderboard_until(&app, Duration::from_secs(5), "rewritten", |board| {
+        as_of_ms(board) > gone && ranking_of(board).len() == 3
+    })
+    .await;
+    let same: String = redis.hget(&meta, "term").await.unwrap();
+    assert_eq!(same, term, "repaired within the term");
+    let _ = redis.quit().await;
+}
