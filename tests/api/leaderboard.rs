@@ -104,6 +104,21 @@ async fn place(app: &TestApp, user: &User) -> Value {
     response.json().await.expect("json")
 }
 
+/// A client on the test's Redis, and the full name of the leaderboard's
+/// meta hash, for tests that play the part of another leader or of Redis.
+async fn leaderboard_redis(
+    settings: &matchday::config::Settings,
+) -> (fred::clients::Client, String) {
+    use fred::prelude::*;
+    let config = Config::from_url(settings.redis.url.expose()).expect("redis url");
+    let redis = Builder::from_config(config).build().expect("redis client");
+    redis.init().await.expect("connect to redis");
+    (
+        redis,
+        format!("{}leaderboard:meta", settings.redis.key_prefix),
+    )
+}
+
 async fn fast_settings() -> matchday::config::Settings {
     let mut settings = test_settings().await;
     settings.leaderboard.interval_ms = 200;
@@ -407,18 +422,13 @@ async fn a_leader_whose_term_was_taken_cannot_flip_and_a_stale_write_is_never_re
     use fred::prelude::*;
 
     let settings = fast_settings().await;
-    let redis_url = settings.redis.url.expose().to_string();
-    let meta = format!("{}leaderboard:meta", settings.redis.key_prefix);
+    let (redis, meta) = leaderboard_redis(&settings).await;
     let app = spawn_app_with(settings).await;
     let user = app.register("honest").await;
     leaderboard_until(&app, Duration::from_secs(5), "first cycle", |board| {
         ranking_of(board).len() == 1
     })
     .await;
-    let redis = Builder::from_config(Config::from_url(&redis_url).unwrap())
-        .build()
-        .unwrap();
-    redis.init().await.unwrap();
     let old_term: String = redis.hget(&meta, "term").await.unwrap();
     let old_set: String = redis.hget(&meta, "current").await.unwrap();
 
@@ -452,18 +462,13 @@ async fn sets_that_redis_lost_under_the_same_term_are_written_whole_again() {
     use fred::prelude::*;
 
     let settings = fast_settings().await;
-    let redis_url = settings.redis.url.expose().to_string();
-    let meta = format!("{}leaderboard:meta", settings.redis.key_prefix);
+    let (redis, meta) = leaderboard_redis(&settings).await;
     let app = spawn_app_with(settings).await;
     app.bulk_users("quiet", 3, 1_000_000).await;
     leaderboard_until(&app, Duration::from_secs(5), "ranked", |board| {
         ranking_of(board).len() == 3
     })
     .await;
-    let redis = Builder::from_config(Config::from_url(&redis_url).unwrap())
-        .build()
-        .unwrap();
-    redis.init().await.unwrap();
     let term: String = redis.hget(&meta, "term").await.unwrap();
     // Evicted (or expired) sets, the term untouched: prices are still, so
     // no score changes, and only a full write brings the users back.
