@@ -27,7 +27,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{KeysInterface, SortedSetsInterface};
+use fred::interfaces::KeysInterface;
 use fred::types::scripts::Script;
 use fred::types::Value;
 
@@ -211,22 +211,36 @@ impl Board {
         reply_text(&reply).ok_or_else(|| WriteError::Reply(format!("{reply:?}")))
     }
 
-    /// Writes `(score, member)` pairs (see [`score`] and [`member`]) into
-    /// `term`'s set `which`.
+    /// Writes `(net worth, member)` pairs (see [`member`]) into `term`'s set
+    /// `which`. The score goes out as the integer `−net worth` (Redis reads
+    /// it as a double, exactly below 2^53): no float formatting or
+    /// allocation per score, which is most of a cycle's client-side cost.
     pub async fn write(
         &self,
         term: &str,
         which: usize,
-        batch: Vec<(f64, fred::bytes::Bytes)>,
+        batch: &[(i64, fred::bytes::Bytes)],
     ) -> Result<(), WriteError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let _added: i64 = self
-            .writer
-            .zadd(self.set(term, which), None, None, false, false, batch)
-            .await
-            .map_err(BusError::from)?;
+        let mut args: Vec<Value> = Vec::with_capacity(1 + batch.len() * 2);
+        args.push(Value::from(self.set(term, which)));
+        for (worth, member) in batch {
+            args.push(Value::Integer(worth.saturating_neg()));
+            args.push(Value::Bytes(member.clone()));
+        }
+        let _added: i64 = fred::interfaces::ClientLike::custom(
+            &self.writer,
+            fred::types::CustomCommand::new_static(
+                "ZADD",
+                fred::types::ClusterHash::FirstKey,
+                false,
+            ),
+            args,
+        )
+        .await
+        .map_err(BusError::from)?;
         Ok(())
     }
 

@@ -57,7 +57,7 @@ struct Valuer {
 
 /// One cycle's valuation, ready to write.
 struct Valued {
-    batches: Vec<Vec<(f64, Bytes)>>,
+    batches: Vec<Vec<(i64, Bytes)>>,
     changed: usize,
     top: Vec<(i64, i64)>,
     unpriced: usize,
@@ -79,7 +79,7 @@ impl Valuer {
         let written = &mut self.written[target];
         let members = &mut self.members;
         let mut changed = 0;
-        let mut batches: Vec<Vec<(f64, Bytes)>> = Vec::new();
+        let mut batches: Vec<Vec<(i64, Bytes)>> = Vec::new();
         for &(user, worth) in &self.values {
             if written.insert(user, worth) == Some(worth) {
                 continue;
@@ -92,7 +92,7 @@ impl Valuer {
                 .entry(user)
                 .or_insert_with(|| Bytes::from(redis::member(user)));
             if let Some(last) = batches.last_mut() {
-                last.push((redis::score(worth), member.clone()));
+                last.push((worth, member.clone()));
             }
         }
         Valued {
@@ -214,7 +214,10 @@ impl Revaluer {
         let writing = Instant::now();
         // Pipelined on the leader's own connection, a few at a time.
         let results: Vec<Result<(), WriteError>> = stream::iter(valued.batches)
-            .map(|values| board.write(&term, target, values))
+            .map(|values| {
+                let term = &term;
+                async move { board.write(term, target, &values).await }
+            })
             .buffer_unordered(WRITES_IN_FLIGHT)
             .collect()
             .await;
