@@ -64,6 +64,8 @@ const ACCOUNTS_PER_PUBLISH: usize = 512;
 /// How often each replica refreshes its `leaderboard` snapshot from Redis,
 /// in case it missed a published top 10.
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(5);
+/// How long a registration waits for its new users to be ranked in Redis.
+const JOIN_WAIT: Duration = Duration::from_millis(300);
 /// How often accounts that missed an update are reloaded from Postgres.
 const REPAIR_INTERVAL: Duration = Duration::from_millis(100);
 /// Rows in the `leaderboard` channel's messages.
@@ -358,8 +360,14 @@ impl Leaderboard {
             .collect();
         self.accounts_changed(states);
         let scores: Vec<(i64, i64)> = users.iter().map(|(u, _)| (u.0, opening.get())).collect();
-        if let Err(error) = self.board.join(&scores).await {
-            tracing::warn!(%error, "ranking new users failed; the next revaluation will");
+        // Bounded: with Redis down a registration must not wait out the
+        // command timeout for this; the leader's next cycle ranks them.
+        match tokio::time::timeout(JOIN_WAIT, self.board.join(&scores)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "ranking new users failed; the next revaluation will")
+            }
+            Err(_) => tracing::warn!("ranking new users timed out; the next revaluation will"),
         }
     }
 
