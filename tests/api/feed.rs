@@ -185,12 +185,13 @@ async fn staggered_buys(
     fills
 }
 
-/// 300 buys spread over 600 ms on a fresh player, with a goal pushed in the
-/// middle. Returns the player, the fills and the event's `applied_at`.
+/// 300 buys spread over 900 ms on a fresh player, with a goal pushed after
+/// the first third (late enough under load for orders on both sides of it).
+/// Returns the player, the fills and the event's `applied_at`.
 async fn race_orders_against_a_goal(app: &TestApp) -> (i64, Vec<Value>, Value) {
     let users = app.bulk_users("race", 30, 10_000_000).await;
     let player = app.create_player(1_000).await;
-    let orders = staggered_buys(app, &users, player, 300, Duration::from_millis(600));
+    let orders = staggered_buys(app, &users, player, 300, Duration::from_millis(900));
     let event = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let applied: Value = app
