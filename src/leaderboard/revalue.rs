@@ -8,7 +8,6 @@
 //! new term, or any failed write, forgets that memory: the next cycle
 //! writes every score again.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use fred::bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::watch;
 
-use super::accounts::{self, PriceTable};
+use super::accounts::{self, IdMap, PriceTable};
 use super::redis::{self, WriteError};
 use super::{publish_top, Leaderboard, TOP_ON_SOCKETS};
 use crate::broadcast::messages::LeaderboardMessage;
@@ -48,11 +47,11 @@ const FULL_WRITE_EVERY: u64 = 30;
 #[derive(Default)]
 struct Valuer {
     /// Per set: the score of each user as this term last wrote it there.
-    written: [HashMap<i64, i64>; 2],
+    written: [IdMap<i64>; 2],
     /// Reused between cycles.
     values: Vec<(i64, i64)>,
     /// Each user's sorted-set member, encoded once.
-    members: HashMap<i64, Bytes>,
+    members: IdMap<Bytes>,
 }
 
 /// One cycle's valuation, ready to write.
