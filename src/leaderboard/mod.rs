@@ -65,7 +65,7 @@ const ACCOUNTS_PER_PUBLISH: usize = 512;
 /// in case it missed a published top 10.
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(5);
 /// How long a registration waits for its new users to be ranked in Redis.
-const JOIN_WAIT: Duration = Duration::from_millis(300);
+const JOIN_WAIT: Duration = Duration::from_millis(500);
 /// How often accounts that missed an update are reloaded from Postgres.
 const REPAIR_INTERVAL: Duration = Duration::from_millis(100);
 /// Rows in the `leaderboard` channel's messages.

@@ -473,6 +473,14 @@ async fn sets_that_redis_lost_under_the_same_term_are_written_whole_again() {
     // Evicted (or expired) sets, the term untouched: prices are still, so
     // no score changes, and only a full write brings the users back.
     let sets: Vec<String> = redis.hmget(&meta, vec!["set_a", "set_b"]).await.unwrap();
+    // Both written once (the second a cycle after the first).
+    for _ in 0..50 {
+        let existing: i64 = redis.exists(sets.clone()).await.unwrap();
+        if existing == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let deleted: i64 = redis.del(sets).await.unwrap();
     assert_eq!(deleted, 2);
     let gone = now_ms();
