@@ -253,42 +253,34 @@ impl Leaderboard {
         }
     }
 
-    /// The first `limit` users of the latest revaluation: from this
-    /// replica's copy of its first rows while that is recent, else from
-    /// Redis.
+    /// The first `limit` (at most [`CACHED_TOP`]) users of the latest
+    /// revaluation: from this replica's copy of its first rows while that is
+    /// recent, else read again from Redis.
     pub async fn top(&self, limit: usize) -> Result<Ranking, LeaderboardError> {
-        if limit <= CACHED_TOP {
+        let fresh = {
             let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(cached) = cached
+            cached
                 .as_ref()
                 .filter(|c| c.read_at.elapsed() < self.cache_for)
-            {
-                return Ok(Ranking {
-                    as_of: from_ms(cached.as_of_ms),
-                    entries: cached.entries.iter().take(limit).cloned().collect(),
-                });
-            }
-        }
-        if limit <= CACHED_TOP {
-            if let Some(cached) = self.refresh_cache(0).await {
-                return Ok(Ranking {
-                    as_of: from_ms(cached.as_of_ms),
-                    entries: cached.entries.iter().take(limit).cloned().collect(),
-                });
-            }
-        }
-        let top = match self.board.top(limit).await {
-            Ok(Some(top)) => top,
-            Ok(None) => return Err(LeaderboardError::Unavailable),
-            Err(error) => {
-                tracing::warn!(%error, "reading the leaderboard failed");
-                return Err(LeaderboardError::Unavailable);
+                .map(|c| (c.as_of_ms, c.entries.clone()))
+        };
+        let (as_of_ms, entries) = match fresh {
+            Some(fresh) => fresh,
+            None => {
+                let cached = self
+                    .refresh_cache(0)
+                    .await
+                    .ok_or(LeaderboardError::Unavailable)?;
+                (cached.as_of_ms, cached.entries)
             }
         };
-        let entries = self.entries(&top.entries).await?;
         Ok(Ranking {
-            as_of: from_ms(top.as_of_ms),
-            entries,
+            as_of: from_ms(as_of_ms),
+            entries: entries
+                .iter()
+                .take(limit.min(CACHED_TOP))
+                .cloned()
+                .collect(),
         })
     }
 
@@ -427,13 +419,18 @@ impl Leaderboard {
         })
     }
 
-    /// Refreshes the hub's `leaderboard` snapshot from Redis.
+    /// Refreshes the cache, and the hub's `leaderboard` snapshot from it,
+    /// from Redis.
     async fn refresh_snapshot(&self) {
-        if let Ok(Some(top)) = self.board.top(TOP_ON_SOCKETS).await {
-            if let Ok(entries) = self.entries(&top.entries).await {
-                self.hub
-                    .leaderboard_changed(&LeaderboardMessage::new(top.as_of_ms, entries));
-            }
+        if let Some(cached) = self.refresh_cache(0).await {
+            let entries = cached
+                .entries
+                .iter()
+                .take(TOP_ON_SOCKETS)
+                .cloned()
+                .collect();
+            self.hub
+                .leaderboard_changed(&LeaderboardMessage::new(cached.as_of_ms, entries));
         }
     }
 

@@ -5,8 +5,9 @@
 //! The leader remembers what it wrote into each set under its term, so a
 //! cycle writes only the scores that differ from that set's (prices of
 //! players nobody holds, or of a quiet player, change nobody's score). A
-//! new term, or any failed write, forgets that memory: the next cycle
-//! writes every score again.
+//! failed write ends the term, and a new term starts with no memory: its
+//! first cycles write every score again. So does a set found missing, and
+//! every 30th cycle.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +66,7 @@ struct Valued {
 impl Valuer {
     /// Values every account at `prices`, and batches the scores that differ
     /// from what set `target` holds, counting them as written there (the
-    /// caller forgets that set's scores if writing fails).
+    /// caller ends the term if writing fails).
     fn value(
         &mut self,
         accounts: &super::Accounts,
@@ -220,18 +221,12 @@ impl Revaluer {
             .buffer_unordered(WRITES_IN_FLIGHT)
             .collect()
             .await;
-        let mut written = match results.into_iter().find_map(Result::err) {
-            Some(error) => Err(error),
-            None => Ok(()),
-        };
-        if written.is_ok() {
-            written = board.keep(&term, target).await.map(|_| ());
-        }
-        if let Err(error) = written {
-            // Some batches may have landed: what the set holds is unknown.
-            self.valuer.written[target].clear();
+        // Any failure ends the term (see `run`), and with it what this
+        // replica remembers writing.
+        if let Some(error) = results.into_iter().find_map(Result::err) {
             return Err(error);
         }
+        board.keep(&term, target).await?;
         board.flip(&term, target, as_of_ms).await?;
         self.current = target;
         metrics
@@ -240,12 +235,15 @@ impl Revaluer {
             .observe(writing.elapsed().as_secs_f64());
         metrics.leaderboard_written.inc_by(valued.changed as u64);
 
-        let entries = leaderboard.entries(&valued.top).await.map_err(|error| {
-            WriteError::Reply(format!("naming the top {TOP_ON_SOCKETS}: {error}"))
-        })?;
         // Every cycle: replicas refresh their cached top from it, and hubs
-        // send sockets only a top 10 that changed.
-        publish_top(leaderboard, LeaderboardMessage::new(as_of_ms, entries)).await;
+        // send sockets only a top 10 that changed. (Naming it can fail only
+        // in Postgres; the cycle itself is written, so the term goes on.)
+        match leaderboard.entries(&valued.top).await {
+            Ok(entries) => {
+                publish_top(leaderboard, LeaderboardMessage::new(as_of_ms, entries)).await
+            }
+            Err(error) => tracing::warn!(%error, "naming the top {TOP_ON_SOCKETS} failed"),
+        }
         Ok(())
     }
 }
