@@ -12,6 +12,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
 COPY config config
+# The browser app is embedded into the binary at build time.
+COPY static static
 # Cache the registry and target dir between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

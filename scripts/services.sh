@@ -159,3 +159,17 @@ ensure_services() {
   export MATCHDAY_LOCAL_DATABASE_URL="postgres://$PG_USER@127.0.0.1:$PG_PORT/matchday"
   export MATCHDAY_LOCAL_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 }
+
+# The browser tests' tools: Debian's Chromium (driven by playwright-core, so
+# no browser download) and Node.js 20 or newer with npm.
+ensure_browser_tools() {
+  local missing=()
+  [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
+    log "node $(node --version) is too old: playwright-core needs Node.js 20 or newer"
+    return 1
+  fi
+}

@@ -207,6 +207,7 @@ impl Application {
             trust_forwarded_for: settings.limits.trust_forwarded_for,
             sales,
             leaderboard,
+            assets: Arc::new(http::Assets::load()),
         };
         let server = http::server(
             state,

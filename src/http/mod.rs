@@ -3,6 +3,7 @@
 //! Maps module errors to status codes (only here), and never holds business
 //! rules or SQL.
 
+mod assets;
 mod error;
 mod extract;
 mod handlers;
@@ -17,6 +18,7 @@ use deadpool_postgres::Pool;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+pub use assets::Assets;
 pub use error::ApiError;
 
 use crate::auth::AuthService;
@@ -47,13 +49,21 @@ pub struct AppState {
     pub trust_forwarded_for: bool,
     pub sales: Arc<crate::sales::SalesService>,
     pub leaderboard: Arc<crate::leaderboard::Leaderboard>,
+    /// The embedded browser app.
+    pub assets: Arc<Assets>,
 }
 
-/// Registers every route of API.md.
+/// Registers every route of API.md, and the browser app's.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use handlers::*;
     let resource = |path: &str| web::resource(path).default_service(web::to(wrong_method));
-    cfg.service(resource("/healthz").route(web::get().to(healthz)))
+    cfg.service(resource("/").route(web::get().to(assets::index)))
+        .service(
+            resource("/assets/{version}/{name:.*}")
+                .wrap(actix_web::middleware::Compress::default())
+                .route(web::get().to(assets::asset)),
+        )
+        .service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/readyz").route(web::get().to(readyz)))
         .service(resource("/metrics").route(web::get().to(metrics)))
         .service(resource("/ws").route(web::get().to(websocket)))
@@ -93,7 +103,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .service(resource("/sales/{id}/waitlist").route(web::post().to(join_waitlist))),
         )
-        .default_service(web::to(no_route));
+        .default_service(web::to(assets::fallback));
 }
 
 /// Builds the HTTP server on an already-bound listener.

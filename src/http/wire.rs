@@ -82,6 +82,8 @@ pub struct PlayerResponse {
     pub price_cents: i64,
     pub epoch: i64,
     pub locked_until: Option<String>,
+    /// Addition: the day's opening price (see `Player::open_price`).
+    pub open_price_cents: i64,
 }
 
 impl From<Player> for PlayerResponse {
@@ -94,6 +96,7 @@ impl From<Player> for PlayerResponse {
             price_cents: player.price.get(),
             epoch: player.epoch,
             locked_until: player.locked_until.map(timestamp),
+            open_price_cents: player.open_price.get(),
         }
     }
 }

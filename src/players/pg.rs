@@ -21,6 +21,19 @@ impl PgPlayers {
 
 const PLAYER_COLUMNS: &str = "id, name, team, position, price_cents, epoch, locked_until";
 
+/// The catalog's columns plus the day's opening price: the first history
+/// point since midnight UTC (one index probe per player on
+/// `price_history_player_ts`), or the current price when there is none.
+const PLAYER_WITH_OPEN: &str = "SELECT p.id, p.name, p.team, p.position, p.price_cents, p.epoch,
+            p.locked_until, COALESCE(day_open.price_cents, p.price_cents)
+       FROM players p
+       LEFT JOIN LATERAL (
+            SELECT h.price_cents FROM price_history h
+             WHERE h.player_id = p.id
+               AND h.ts >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+             ORDER BY h.ts ASC LIMIT 1
+       ) day_open ON true";
+
 fn player(row: &Row) -> Player {
     Player {
         id: PlayerId(row.get(0)),
@@ -30,6 +43,7 @@ fn player(row: &Row) -> Player {
         price: Cents::new(row.get(4)),
         epoch: row.get(5),
         locked_until: row.get::<_, Option<DateTime<Utc>>>(6),
+        open_price: Cents::new(row.get(7)),
     }
 }
 
@@ -52,7 +66,7 @@ impl PlayerStore for PgPlayers {
             .query_one(
                 &format!(
                     "INSERT INTO players (name, team, position, price_cents, anchor_cents)
-                     VALUES ($1, $2, $3, $4, $4) RETURNING {PLAYER_COLUMNS}"
+                     VALUES ($1, $2, $3, $4, $4) RETURNING {PLAYER_COLUMNS}, price_cents"
                 ),
                 &[&new.name, &new.team, &new.position, &new.price.get()],
             )
@@ -70,10 +84,7 @@ impl PlayerStore for PgPlayers {
     async fn list(&self) -> Result<Vec<Player>, Unexpected> {
         let client = self.pool.get().await?;
         let rows = client
-            .query(
-                &format!("SELECT {PLAYER_COLUMNS} FROM players ORDER BY id"),
-                &[],
-            )
+            .query(&format!("{PLAYER_WITH_OPEN} ORDER BY p.id"), &[])
             .await?;
         Ok(rows.iter().map(player).collect())
     }
@@ -81,10 +92,7 @@ impl PlayerStore for PgPlayers {
     async fn get(&self, id: PlayerId) -> Result<Option<Player>, Unexpected> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
-                &format!("SELECT {PLAYER_COLUMNS} FROM players WHERE id = $1"),
-                &[&id.0],
-            )
+            .query_opt(&format!("{PLAYER_WITH_OPEN} WHERE p.id = $1"), &[&id.0])
             .await?;
         Ok(row.as_ref().map(player))
     }

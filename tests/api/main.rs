@@ -13,4 +13,5 @@ mod players;
 mod replay;
 mod sales;
 mod trading;
+mod web;
 mod websocket;

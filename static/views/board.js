@@ -1,0 +1,176 @@
+// The market board: every player with live price, change since the day's
+// open, a sparkline, a flash on each tick and a lock badge with countdown.
+
+import { h, replace, setText, flash } from "../lib/dom.js";
+import { money, percentChange, direction, secondsUntil, countdown } from "../lib/format.js";
+import { market } from "../lib/market.js";
+
+const SPARK_WIDTH = 100;
+const SPARK_HEIGHT = 30;
+// History requests in flight at once while sparklines fill in.
+const SPARK_CONCURRENCY = 4;
+
+export function mount(main) {
+  document.title = "Market · Matchday";
+  const search = h("input", {
+    type: "search", id: "board-search", placeholder: "Search players", autocomplete: "off",
+  });
+  const team = h("select", { id: "board-team" }, h("option", { value: "" }, "All teams"));
+  const list = h("ul", { class: "board", id: "board", "aria-label": "Players" });
+  const status = h("p", { class: "notice", role: "status" }, "Loading players…");
+  replace(main,
+    h("h1", {}, "Market"),
+    h("div", { class: "board-tools" },
+      h("div", { class: "field" }, h("label", { for: "board-search", class: "visually-hidden" }, "Search players"), search),
+      h("div", { class: "field" }, h("label", { for: "board-team", class: "visually-hidden" }, "Team"), team)),
+    status,
+    list);
+
+  const rows = new Map();
+
+  function buildRow(player) {
+    const price = h("span", { class: "price" });
+    const change = h("span", { class: "change num" });
+    const badge = h("span", { class: "badge", hidden: true });
+    const polyline = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    polyline.setAttribute("fill", "none");
+    polyline.setAttribute("stroke-width", "2");
+    polyline.setAttribute("vector-effect", "non-scaling-stroke");
+    const spark = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    spark.setAttribute("class", "spark");
+    spark.setAttribute("viewBox", `0 0 ${SPARK_WIDTH} ${SPARK_HEIGHT}`);
+    spark.setAttribute("preserveAspectRatio", "none");
+    spark.setAttribute("aria-hidden", "true");
+    spark.append(polyline);
+    const link = h("a", { class: "board-row", href: `/players/${player.id}`, "data-link": true, "data-player-id": player.id },
+      h("span", { class: "name" }, player.name),
+      h("span", { class: "meta" }, h("span", { class: "team" }, `${player.team} · ${player.position}`), badge),
+      spark, price, change);
+    const row = { item: h("li", {}, link), link, price, change, badge, polyline };
+    rows.set(player.id, row);
+    updatePrice(player, row);
+    updateBadge(player, row);
+    drawSpark(player, row);
+    return row;
+  }
+
+  function updatePrice(player, row) {
+    setText(row.price, money(player.price_cents));
+    const delta = player.price_cents - player.open_price_cents;
+    setText(row.change, `${percentChange(player.open_price_cents, player.price_cents)}`);
+    row.change.className = `change num ${direction(delta)}`;
+  }
+
+  function updateBadge(player, row) {
+    const locked = market.isLocked(player);
+    row.badge.hidden = !locked;
+    if (locked) setText(row.badge, `Locked ${countdown(secondsUntil(player.locked_until_ms))}`);
+  }
+
+  function drawSpark(player, row) {
+    const points = player.spark ?? [];
+    if (points.length < 2) {
+      row.polyline.setAttribute("points", "");
+      return;
+    }
+    let low = Infinity;
+    let high = -Infinity;
+    for (const p of points) {
+      low = Math.min(low, p.price);
+      high = Math.max(high, p.price);
+    }
+    const span = Math.max(1, high - low);
+    const step = SPARK_WIDTH / (points.length - 1);
+    const coords = points.map((p, i) =>
+      `${(i * step).toFixed(1)},${(SPARK_HEIGHT - 2 - ((p.price - low) / span) * (SPARK_HEIGHT - 4)).toFixed(1)}`);
+    row.polyline.setAttribute("points", coords.join(" "));
+    const trend = points.at(-1).price - points[0].price;
+    row.polyline.setAttribute("stroke", trend < 0 ? "var(--down)" : trend > 0 ? "var(--up)" : "var(--muted)");
+  }
+
+  function render() {
+    const query = search.value.trim().toLowerCase();
+    const teamFilter = team.value;
+    const players = market.list().sort((a, b) => a.team.localeCompare(b.team) || a.name.localeCompare(b.name));
+    const teams = [...new Set(players.map((p) => p.team))].sort();
+    if (team.options.length !== teams.length + 1) {
+      const chosen = team.value;
+      replace(team, h("option", { value: "" }, "All teams"), teams.map((t) => h("option", { value: t }, t)));
+      team.value = teams.includes(chosen) ? chosen : "";
+    }
+    const shown = players.filter((p) =>
+      (!teamFilter || p.team === teamFilter) && (!query || p.name.toLowerCase().includes(query)));
+    replace(list, shown.map((p) => (rows.get(p.id) ?? buildRow(p)).item));
+    status.textContent = players.length === 0 ? "No players listed yet."
+      : shown.length === 0 ? "No player matches." : "";
+    status.hidden = status.textContent === "";
+    fillSparks(shown);
+  }
+
+  let sparkQueue = [];
+  let sparkRunning = 0;
+  function fillSparks(players) {
+    sparkQueue = players.filter((p) => !p.spark);
+    while (sparkRunning < SPARK_CONCURRENCY && sparkQueue.length) nextSpark();
+  }
+  function nextSpark() {
+    const player = sparkQueue.shift();
+    if (!player) return;
+    sparkRunning += 1;
+    market.loadSpark(player).finally(() => {
+      sparkRunning -= 1;
+      if (!stopped) nextSpark();
+    });
+  }
+
+  const onPrice = (event) => {
+    const { id, previous, source } = event.detail;
+    const player = market.player(id);
+    const row = rows.get(id);
+    if (!player || !row) return;
+    updatePrice(player, row);
+    drawSpark(player, row);
+    if (source !== "snapshot" && player.price_cents !== previous) {
+      flash(row.price, player.price_cents > previous ? "flash-up" : "flash-down");
+    }
+  };
+  const onSpark = (event) => {
+    const player = market.player(event.detail.id);
+    const row = rows.get(event.detail.id);
+    if (player && row) drawSpark(player, row);
+  };
+  const onLock = (event) => {
+    const player = market.player(event.detail.id);
+    const row = rows.get(event.detail.id);
+    if (player && row) updateBadge(player, row);
+  };
+  market.addEventListener("price", onPrice);
+  market.addEventListener("spark", onSpark);
+  market.addEventListener("lock", onLock);
+  market.addEventListener("players", render);
+  search.addEventListener("input", render);
+  team.addEventListener("change", render);
+  const timer = setInterval(() => {
+    for (const [id, row] of rows) {
+      const player = market.player(id);
+      if (player) updateBadge(player, row);
+    }
+  }, 1000);
+  let stopped = false;
+
+  if (market.players.size) render();
+  market.load().then(render).catch(() => {
+    status.hidden = false;
+    status.textContent = "Could not load players. Retrying…";
+    setTimeout(() => !stopped && market.load().then(render).catch(() => {}), 3000);
+  });
+
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+    market.removeEventListener("price", onPrice);
+    market.removeEventListener("spark", onSpark);
+    market.removeEventListener("lock", onLock);
+    market.removeEventListener("players", render);
+  };
+}
