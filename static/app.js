@@ -69,10 +69,18 @@ window.addEventListener("popstate", () => route({ focus: true }));
 // Connection indicator.
 const connection = document.getElementById("connection");
 const connectionLabel = connection.querySelector(".label");
+// Screen readers hear a change of state once, not every second of a countdown.
+const connectionAnnounce = document.getElementById("connection-announce");
 let retryTimer = null;
+let announced = "connecting";
 socket.addEventListener("state", (event) => {
   const { state, retryAt } = event.detail;
   clearInterval(retryTimer);
+  const heard = state === "live" ? "live" : "lost";
+  if (heard !== announced) {
+    announced = heard;
+    setText(connectionAnnounce, heard === "live" ? "Live prices connected." : "Connection lost. Reconnecting…");
+  }
   connection.dataset.state = state === "live" ? "live" : state === "reconnecting" && retryAt ? "offline" : "connecting";
   if (state === "live") setText(connectionLabel, "Live");
   else if (state === "reconnecting" && retryAt) {

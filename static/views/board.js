@@ -16,13 +16,18 @@ export function mount(main) {
     type: "search", id: "board-search", placeholder: "Search players", autocomplete: "off",
   });
   const team = h("select", { id: "board-team" }, h("option", { value: "" }, "All teams"));
+  const sort = h("select", { id: "board-sort" },
+    h("option", { value: "team" }, "By team"),
+    h("option", { value: "movers" }, "Biggest movers"),
+    h("option", { value: "price" }, "Highest price"));
   const list = h("ul", { class: "board", id: "board", "aria-label": "Players" });
   const status = h("p", { class: "notice", role: "status" }, "Loading players…");
   replace(main,
     h("h1", {}, "Market"),
     h("div", { class: "board-tools" },
       h("div", { class: "field" }, h("label", { for: "board-search", class: "visually-hidden" }, "Search players"), search),
-      h("div", { class: "field" }, h("label", { for: "board-team", class: "visually-hidden" }, "Team"), team)),
+      h("div", { class: "field" }, h("label", { for: "board-team", class: "visually-hidden" }, "Team"), team),
+      h("div", { class: "field" }, h("label", { for: "board-sort", class: "visually-hidden" }, "Sort"), sort)),
     status,
     list);
 
@@ -91,7 +96,16 @@ export function mount(main) {
   function render() {
     const query = search.value.trim().toLowerCase();
     const teamFilter = team.value;
-    const players = market.list().sort((a, b) => a.team.localeCompare(b.team) || a.name.localeCompare(b.name));
+    const byName = (a, b) => a.team.localeCompare(b.team) || a.name.localeCompare(b.name);
+    const move = (p) => Math.abs(p.price_cents - p.open_price_cents) / Math.max(1, p.open_price_cents);
+    const order = {
+      team: byName,
+      movers: (a, b) => move(b) - move(a) || byName(a, b),
+      price: (a, b) => b.price_cents - a.price_cents || byName(a, b),
+    }[sort.value] ?? byName;
+    // The order is taken when the list is drawn (filter, sort, new players),
+    // never on a tick: rows do not jump under a finger.
+    const players = market.list().sort(order);
     const teams = [...new Set(players.map((p) => p.team))].sort();
     if (team.options.length !== teams.length + 1) {
       const chosen = team.value;
@@ -150,6 +164,7 @@ export function mount(main) {
   market.addEventListener("players", render);
   search.addEventListener("input", render);
   team.addEventListener("change", render);
+  sort.addEventListener("change", render);
   const timer = setInterval(() => {
     for (const [id, row] of rows) {
       const player = market.player(id);

@@ -55,11 +55,12 @@ function show(main, player) {
       h("h1", {}, player.name),
       h("span", { class: "muted" }, `${player.team} · ${player.position}`),
       price, change, badge),
+    // On a phone: chart, ticket, events, position; wider: two columns.
     h("div", { class: "two-col" },
-      h("div", {},
-        h("section", { class: "panel", "aria-label": `${player.name} price chart` }, chartBox),
-        h("section", { class: "panel" }, h("h2", {}, "Recent events"), events)),
-      h("div", {}, ticket.element, h("section", { class: "panel" }, h("h2", {}, "Your position"), position))));
+      h("section", { class: "panel", "aria-label": `${player.name} price chart` }, chartBox),
+      ticket.element,
+      h("section", { class: "panel" }, h("h2", {}, "Recent events"), events),
+      h("section", { class: "panel" }, h("h2", {}, "Your position"), position)));
 
   function updateHead() {
     setText(price, money(player.price_cents));

@@ -37,7 +37,8 @@ export function createTicket(player, { onFilled, holdings = () => null } = {}) {
   });
   const estimate = h("span", { class: "money", id: `${id}-estimate` });
   const available = h("p", { class: "muted", id: `${id}-available` });
-  const lockNotice = h("p", { class: "message info", id: `${id}-lock`, role: "status" });
+  // Not a live region: its countdown changes every second.
+  const lockNotice = h("p", { class: "message info", id: `${id}-lock` });
   const message = h("p", { class: "message", id: `${id}-message`, role: "alert" });
   const submit = h("button", { type: "submit", class: "button buy", id: `${id}-submit` }, "Buy");
   const form = h("form", { class: "panel ticket form", novalidate: true, "aria-labelledby": `${id}-title` },

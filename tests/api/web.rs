@@ -10,6 +10,16 @@ use crate::helpers::*;
 
 const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,*/*;q=0.8";
 
+/// A `GET` as a browser navigating sends it.
+async fn navigate(app: &TestApp, path: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .header(ACCEPT, BROWSER_ACCEPT)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn asset_base(html: &str) -> String {
     let start = html.find("/assets/").expect("index names the asset path");
     let end = start + "/assets/".len() + 13;
@@ -78,13 +88,7 @@ async fn an_asset_under_another_version_is_served_but_never_cached_for_long() {
 async fn browser_navigations_fall_back_to_the_app_and_everything_else_stays_json() {
     let app = spawn_app().await;
     for path in ["/portfolio", "/players/12", "/drops"] {
-        let page = app
-            .client
-            .get(app.url(path))
-            .header(ACCEPT, BROWSER_ACCEPT)
-            .send()
-            .await
-            .unwrap();
+        let page = navigate(&app, path).await;
         assert_eq!(page.status(), StatusCode::OK, "{path}");
         assert!(page.text().await.unwrap().contains("<main id=\"main\""));
     }
@@ -96,14 +100,12 @@ async fn browser_navigations_fall_back_to_the_app_and_everything_else_stays_json
     )
     .await;
     for path in ["/api/v1/nope", "/favicon.ico", "/assets/x"] {
-        let response = app
-            .client
-            .get(app.url(path))
-            .header(ACCEPT, BROWSER_ACCEPT)
-            .send()
-            .await
-            .unwrap();
-        assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
+        assert_error(
+            navigate(&app, path).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
     }
     let post = app
         .client
