@@ -72,7 +72,8 @@ const connectionLabel = connection.querySelector(".label");
 // Screen readers hear a change of state once, not every second of a countdown.
 const connectionAnnounce = document.getElementById("connection-announce");
 let retryTimer = null;
-let announced = "connecting";
+// Nothing to announce until the first connection: only a lost one is news.
+let announced = "live";
 socket.addEventListener("state", (event) => {
   const { state, retryAt } = event.detail;
   clearInterval(retryTimer);
@@ -145,7 +146,7 @@ market.addEventListener("event", (event) => {
   const item = h("li", { class: "ticker-item fresh" },
     h("a", { href: `/players/${e.player_id}`, "data-link": true },
       h("span", { class: "muted" }, clock(e.ts_ms ?? e.received_ms)), " ",
-      h("span", { class: "kind" }, eventKind(e.kind)), " ",
+      h("span", { class: "kind" }, eventKind(e.kind), e.correction ? " (corrected)" : ""), " ",
       player?.name ?? `#${e.player_id}`, " ",
       h("span", { class: "num" }, money(e.price_cents))));
   ticker.prepend(item);

@@ -17,7 +17,8 @@ export class ApiError extends Error {
 
   /** Worth retrying with the same idempotency key: nothing was decided. */
   get retryable() {
-    return this.status === 0 || this.status >= 500 || this.code === "request_in_progress";
+    // 429 and 5xx are not stored under the key, so a retry with it executes.
+    return this.status === 0 || this.status === 429 || this.status >= 500 || this.code === "request_in_progress";
   }
 }
 
@@ -76,6 +77,58 @@ export function newIdempotencyKey() {
   // randomUUID needs a secure context; plain-http self-hosting still has this.
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * One intent (an order, a purchase) and its idempotency key, kept in
+ * sessionStorage until the outcome is known: pressing again, leaving the
+ * screen and coming back, or reloading the tab all resend the same key for
+ * the same request, so it can never execute twice. A different request
+ * (another quantity, side or limit) is a new intent with a new key.
+ */
+export class Intent {
+  constructor(scope) {
+    this.storageKey = `matchday.intent.${session.user?.user_id ?? "anonymous"}.${scope}`;
+  }
+
+  keyFor(body) {
+    const text = JSON.stringify(body);
+    let saved = this.read();
+    if (!saved || saved.body !== text) {
+      saved = { key: newIdempotencyKey(), body: text };
+      this.write(saved);
+    }
+    return saved.key;
+  }
+
+  read() {
+    try {
+      const stored = sessionStorage.getItem(this.storageKey);
+      if (stored) return JSON.parse(stored);
+    } catch {
+      // Storage unavailable (private mode) or unreadable: this screen's copy.
+    }
+    return this.fallback ?? null;
+  }
+
+  write(saved) {
+    this.fallback = saved;
+    try {
+      sessionStorage.setItem(this.storageKey, JSON.stringify(saved));
+    } catch {
+      // The key then lives as long as this screen.
+    }
+  }
+
+  /** The outcome is known: the next request is a new intent. */
+  settle() {
+    this.fallback = null;
+    try {
+      sessionStorage.removeItem(this.storageKey);
+    } catch {
+      // Nothing stored.
+    }
+  }
 }
 
 function seconds(ms) {

@@ -14,6 +14,9 @@ const PING_EVERY_MS = 20000;
 const PONG_TIMEOUT_MS = 10000;
 // A connection that lived this long resets the backoff.
 const STABLE_AFTER_MS = 5000;
+// Channels per subscribe frame: keeps each frame far below the server's
+// 16 KiB limit. (The server accepts at most 1,000 player channels a socket.)
+const CHANNELS_PER_FRAME = 200;
 
 class LiveSocket extends EventTarget {
   constructor() {
@@ -28,7 +31,9 @@ class LiveSocket extends EventTarget {
     this.stableTimer = null;
     this.failuresBeforeOpen = 0;
     session.addEventListener("change", () => this.reconnectNow());
-    window.addEventListener("online", () => this.reconnectNow());
+    window.addEventListener("online", () => {
+      if (!this.isOpen()) this.reconnectNow();
+    });
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "visible" && !this.isOpen()) this.reconnectNow();
     });
@@ -46,7 +51,13 @@ class LiveSocket extends EventTarget {
       this.wanted.set(channel, count + 1);
       if (count === 0) fresh.push(channel);
     }
-    if (fresh.length && this.isOpen()) this.send({ op: "subscribe", channels: fresh });
+    if (this.isOpen()) this.sendChannels("subscribe", fresh);
+  }
+
+  sendChannels(op, channels) {
+    for (let i = 0; i < channels.length; i += CHANNELS_PER_FRAME) {
+      this.send({ op, channels: channels.slice(i, i + CHANNELS_PER_FRAME) });
+    }
   }
 
   unsubscribe(channels) {
@@ -60,7 +71,7 @@ class LiveSocket extends EventTarget {
         this.wanted.set(channel, count - 1);
       }
     }
-    if (gone.length && this.isOpen()) this.send({ op: "unsubscribe", channels: gone });
+    if (this.isOpen()) this.sendChannels("unsubscribe", gone);
   }
 
   send(message) {
@@ -86,15 +97,17 @@ class LiveSocket extends EventTarget {
     const ws = new WebSocket(url);
     this.ws = ws;
     ws.addEventListener("open", () => {
+      if (this.ws !== ws) return;
       opened = true;
       this.failuresBeforeOpen = 0;
       this.setState("live");
-      const channels = [...this.wanted.keys()];
-      if (channels.length) this.send({ op: "subscribe", channels });
+      this.sendChannels("subscribe", [...this.wanted.keys()]);
       this.stableTimer = setTimeout(() => { this.attempt = 0; }, STABLE_AFTER_MS);
       this.schedulePing();
     });
     ws.addEventListener("message", (event) => {
+      // A socket already given up on (signed out, timed out) says nothing more.
+      if (this.ws !== ws) return;
       this.schedulePing();
       let message;
       try {
@@ -107,11 +120,8 @@ class LiveSocket extends EventTarget {
     });
     ws.addEventListener("close", () => {
       if (this.ws !== ws) return;
-      this.ws = null;
-      clearTimeout(this.stableTimer);
-      clearTimeout(this.pingTimer);
-      clearTimeout(this.pongTimer);
       if (!opened) this.failuresBeforeOpen += 1;
+      this.abandon();
       this.scheduleReconnect();
       // An upgrade refused again and again may be a token the server no
       // longer accepts: ask the REST API, which signs out on a 401.
@@ -119,12 +129,26 @@ class LiveSocket extends EventTarget {
     });
   }
 
+  /** Forgets the current socket at once (its close may take a minute on a dead network). */
+  abandon() {
+    const old = this.ws;
+    this.ws = null;
+    clearTimeout(this.stableTimer);
+    clearTimeout(this.pingTimer);
+    clearTimeout(this.pongTimer);
+    if (old && old.readyState !== WebSocket.CLOSED) old.close();
+  }
+
   schedulePing() {
     clearTimeout(this.pingTimer);
     clearTimeout(this.pongTimer);
     this.pingTimer = setTimeout(() => {
       this.send({ op: "ping" });
-      this.pongTimer = setTimeout(() => this.ws?.close(), PONG_TIMEOUT_MS);
+      this.pongTimer = setTimeout(() => {
+        // No answer: the connection is dead even if the browser has not noticed.
+        this.abandon();
+        this.scheduleReconnect();
+      }, PONG_TIMEOUT_MS);
     }, PING_EVERY_MS);
   }
 
@@ -141,14 +165,7 @@ class LiveSocket extends EventTarget {
   /** Drops the current connection (if any) and connects again at once. */
   reconnectNow() {
     clearTimeout(this.retryTimer);
-    const old = this.ws;
-    this.ws = null;
-    if (old) {
-      clearTimeout(this.stableTimer);
-      clearTimeout(this.pingTimer);
-      clearTimeout(this.pongTimer);
-      old.close();
-    }
+    this.abandon();
     this.attempt = 0;
     this.connect();
   }

@@ -1,7 +1,7 @@
 // The market board: every player with live price, change since the day's
 // open, a sparkline, a flash on each tick and a lock badge with countdown.
 
-import { h, replace, setText, flash } from "../lib/dom.js";
+import { h, replace, setText, flashingNumber } from "../lib/dom.js";
 import { money, percentChange, direction, secondsUntil, countdown } from "../lib/format.js";
 import { market } from "../lib/market.js";
 
@@ -34,7 +34,7 @@ export function mount(main) {
   const rows = new Map();
 
   function buildRow(player) {
-    const price = h("span", { class: "price" });
+    const price = flashingNumber({ class: "price" });
     const change = h("span", { class: "change num" });
     const badge = h("span", { class: "badge", hidden: true });
     const polyline = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
@@ -50,7 +50,7 @@ export function mount(main) {
     const link = h("a", { class: "board-row", href: `/players/${player.id}`, "data-link": true, "data-player-id": player.id },
       h("span", { class: "name" }, player.name),
       h("span", { class: "meta" }, h("span", { class: "team" }, `${player.team} · ${player.position}`), badge),
-      spark, price, change);
+      spark, price.element, change);
     const row = { item: h("li", {}, link), link, price, change, badge, polyline };
     rows.set(player.id, row);
     updatePrice(player, row);
@@ -60,7 +60,7 @@ export function mount(main) {
   }
 
   function updatePrice(player, row) {
-    setText(row.price, money(player.price_cents));
+    row.price.set(money(player.price_cents));
     const delta = player.price_cents - player.open_price_cents;
     setText(row.change, `${percentChange(player.open_price_cents, player.price_cents)}`);
     row.change.className = `change num ${direction(delta)}`;
@@ -137,16 +137,32 @@ export function mount(main) {
     });
   }
 
+  // Ticks arrive in bursts (one socket message carries many players): rows
+  // are updated once per animation frame, and sparklines, whose shape a
+  // single tick barely changes, at most once a second.
+  const dirty = new Map(); // id → price shown before this frame's ticks
+  const sparksDirty = new Set();
+  let frame = 0;
+  function drawFrame() {
+    frame = 0;
+    for (const [id, shown] of dirty) {
+      const player = market.player(id);
+      const row = rows.get(id);
+      if (!player || !row) continue;
+      updatePrice(player, row);
+      if (shown !== null && player.price_cents !== shown) {
+        row.price.flash(player.price_cents > shown ? "up" : "down");
+      }
+      sparksDirty.add(id);
+    }
+    dirty.clear();
+  }
   const onPrice = (event) => {
     const { id, previous, source } = event.detail;
-    const player = market.player(id);
-    const row = rows.get(id);
-    if (!player || !row) return;
-    updatePrice(player, row);
-    drawSpark(player, row);
-    if (source !== "snapshot" && player.price_cents !== previous) {
-      flash(row.price, player.price_cents > previous ? "flash-up" : "flash-down");
-    }
+    if (!rows.has(id)) return;
+    // A snapshot (after a reconnect) corrects the price without a flash.
+    if (!dirty.has(id)) dirty.set(id, source === "snapshot" ? null : previous);
+    frame ||= requestAnimationFrame(drawFrame);
   };
   const onSpark = (event) => {
     const player = market.player(event.detail.id);
@@ -170,6 +186,12 @@ export function mount(main) {
       const player = market.player(id);
       if (player) updateBadge(player, row);
     }
+    for (const id of sparksDirty) {
+      const player = market.player(id);
+      const row = rows.get(id);
+      if (player && row) drawSpark(player, row);
+    }
+    sparksDirty.clear();
   }, 1000);
   let stopped = false;
 
@@ -183,6 +205,7 @@ export function mount(main) {
   return () => {
     stopped = true;
     clearInterval(timer);
+    cancelAnimationFrame(frame);
     market.removeEventListener("price", onPrice);
     market.removeEventListener("spark", onSpark);
     market.removeEventListener("lock", onLock);

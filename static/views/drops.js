@@ -4,7 +4,7 @@
 
 import { h, replace, setText } from "../lib/dom.js";
 import { money, secondsUntil, countdown } from "../lib/format.js";
-import { get, post, newIdempotencyKey, describeError } from "../lib/api.js";
+import { get, post, Intent, describeError } from "../lib/api.js";
 import { market } from "../lib/market.js";
 import { session } from "../lib/session.js";
 import { socket } from "../lib/socket.js";
@@ -45,16 +45,14 @@ export function mount(main) {
       h("p", {}, remaining, ` of ${sale.total_units} left`),
       h("div", { class: "meter", role: "presentation" }, meter),
       when, form, message, purchases);
-    const card = { sale, element, remaining, meter, when, quantity, buy, waitlist, message, purchases, intent: null, mine: new Map(), inFlight: false };
+    const card = { sale, element, remaining, meter, when, quantity, buy, waitlist, message, purchases, intent: new Intent(`purchase.${sale.sale_id}`), mine: new Map(), inFlight: false };
 
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       purchase(card);
     });
     waitlist.addEventListener("click", () => joinWaitlist(card));
-    quantity.addEventListener("input", () => { card.intent = null; });
     cards.set(sale.sale_id, card);
-    socket.subscribe([`sale:${sale.sale_id}`]);
     update(card);
     loadMine(card);
     return card;
@@ -69,7 +67,8 @@ export function mount(main) {
     const scheduled = sale.status === "scheduled" && opensIn > 0;
     setText(card.when, scheduled ? `Opens in ${countdown(opensIn)}`
       : sale.status === "sold_out" ? "Sold out. Join the waitlist for units that come back." : "Open now");
-    card.buy.disabled = card.inFlight || !session.token || scheduled || sale.status === "sold_out";
+    card.buy.disabled = !session.token || scheduled || sale.status === "sold_out";
+    card.buy.setAttribute("aria-disabled", String(card.inFlight));
     card.waitlist.hidden = sale.status !== "sold_out" || !session.token;
     if (!session.token && !card.message.textContent) {
       card.message.className = "message info";
@@ -90,23 +89,33 @@ export function mount(main) {
       return;
     }
     // One key per intent: a retry of the same quantity reuses it.
-    if (!card.intent || card.intent.quantity !== quantity) card.intent = { key: newIdempotencyKey(), quantity };
+    const key = card.intent.keyFor({ quantity });
     card.inFlight = true;
     update(card);
     try {
-      const bought = await post(`/sales/${card.sale.sale_id}/purchases`, { quantity }, { idempotencyKey: card.intent.key });
-      card.intent = null;
+      const bought = await post(`/sales/${card.sale.sale_id}/purchases`, { quantity }, { idempotencyKey: key });
+      card.intent.settle();
       showMessage(card, "ok", `Reserved ${bought.quantity}. Settling your purchase…`);
       track(card, bought);
     } catch (error) {
-      if (!error.retryable) card.intent = null;
-      showMessage(card, error.code === "rate_limited" ? "info" : "error", describeError(error));
-      if (error.code === "sold_out") {
-        card.sale.status = "sold_out";
-      }
+      if (!error.retryable) card.intent.settle();
+      const text = describeError(error);
+      showMessage(card, error.code === "rate_limited" ? "info" : "error",
+        error.retryable && error.code !== "request_in_progress" ? `${text} Press again to retry safely.` : text);
+      // Sold out may mean only "fewer left than asked": read what is left.
+      if (error.code === "sold_out" || error.code === "sale_not_open") refreshSale(card);
     } finally {
       card.inFlight = false;
       update(card);
+    }
+  }
+
+  async function refreshSale(card) {
+    try {
+      Object.assign(card.sale, await get(`/sales/${card.sale.sale_id}`, { auth: false }));
+      update(card);
+    } catch {
+      // The list refresh and the sale channel bring it anyway.
     }
   }
 
@@ -161,16 +170,20 @@ export function mount(main) {
     try {
       const [sales] = await Promise.all([get("/sales", { auth: false }), market.load()]);
       if (stopped) return;
-      for (const sale of sales) {
+      // Cards already shown stay where they are (focus, a half-typed
+      // quantity); new drops go on top, newest first.
+      const fresh = [];
+      for (const sale of sales.sort((a, b) => a.sale_id - b.sale_id)) {
         const card = cards.get(sale.sale_id);
         if (card) {
           Object.assign(card.sale, sale);
           update(card);
         } else {
-          buildCard(sale);
+          fresh.push(buildCard(sale));
         }
       }
-      replace(list, [...cards.values()].sort((a, b) => b.sale.sale_id - a.sale.sale_id).map((c) => c.element));
+      for (const card of fresh) list.prepend(card.element);
+      socket.subscribe(fresh.map((card) => `sale:${card.sale.sale_id}`));
       status.textContent = cards.size ? "" : "No drops yet. New players are sold here when they are listed.";
       status.hidden = cards.size > 0;
     } catch (error) {

@@ -16,7 +16,7 @@ export function mount(main) {
   const body = h("tbody", {});
   const asOf = h("p", { class: "muted", id: "leaderboard-as-of" });
   const status = h("p", { class: "message", role: "status" });
-  const mine = h("p", { class: "panel pinned", id: "my-rank", "aria-live": "polite", hidden: true });
+  const mine = h("p", { class: "panel pinned", id: "my-rank", hidden: true });
   replace(main,
     h("h1", {}, "Leaderboard"), asOf, status,
     h("section", { class: "panel" }, h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": "Leaderboard table" }, h("table", { id: "leaderboard" },
@@ -27,6 +27,7 @@ export function mount(main) {
     mine);
 
   let entries = [];
+  let shownAsOf = 0; // the newest valuation shown; an older answer is dropped
   let stopped = false;
   const userId = () => session.user?.user_id;
 
@@ -46,11 +47,15 @@ export function mount(main) {
     try {
       const board = await get(`/leaderboard?limit=${SHOWN}`, { auth: false });
       if (stopped) return;
-      entries = board.entries;
-      showAsOf(board.as_of);
+      const asOfMs = Date.parse(board.as_of) || 0;
       status.className = "message";
       setText(status, "");
-      render();
+      if (asOfMs >= shownAsOf) {
+        shownAsOf = asOfMs;
+        entries = board.entries;
+        showAsOf(board.as_of);
+        render();
+      }
     } catch (error) {
       if (stopped) return;
       status.className = "message info";
@@ -78,6 +83,9 @@ export function mount(main) {
       update = (message.snapshot ?? []).find((item) => item.channel === "leaderboard")?.data ?? null;
     }
     if (!update?.entries?.length) return;
+    const asOfMs = update.as_of_ms ?? (Date.parse(update.as_of) || 0);
+    if (asOfMs < shownAsOf) return;
+    shownAsOf = asOfMs;
     // The pushed top 10 replaces the head of the table at once.
     const top = update.entries;
     const rest = entries.filter((entry) => entry.rank > top.length && !top.some((t) => t.user_id === entry.user_id));

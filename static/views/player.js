@@ -1,7 +1,7 @@
 // A player's page: live chart (history, then the socket), recent events from
 // this session, the holding, and the trade ticket.
 
-import { h, replace, setText, flash } from "../lib/dom.js";
+import { h, replace, setText, flashingNumber } from "../lib/dom.js";
 import { money, percentChange, direction, secondsUntil, countdown, eventKind, clock } from "../lib/format.js";
 import { get, ApiError } from "../lib/api.js";
 import { market } from "../lib/market.js";
@@ -26,6 +26,7 @@ export function mount(main, params) {
     }
     cleanup = show(main, player);
   }).catch(() => {
+    if (stopped) return;
     replace(main, h("p", { class: "message error" }, "Could not load the player. Check your connection and reload."));
   });
   return () => {
@@ -36,7 +37,7 @@ export function mount(main, params) {
 
 function show(main, player) {
   document.title = `${player.name} · Matchday`;
-  const price = h("span", { class: "price", id: "player-price" });
+  const price = flashingNumber({ class: "price", id: "player-price" });
   const change = h("span", { class: "num" });
   const badge = h("span", { class: "badge", hidden: true });
   const chartBox = h("div", { class: "chart" });
@@ -54,7 +55,7 @@ function show(main, player) {
     h("div", { class: "player-head" },
       h("h1", {}, player.name),
       h("span", { class: "muted" }, `${player.team} · ${player.position}`),
-      price, change, badge),
+      price.element, change, badge),
     // On a phone: chart, ticket, events, position; wider: two columns.
     h("div", { class: "two-col" },
       h("section", { class: "panel", "aria-label": `${player.name} price chart` }, chartBox),
@@ -63,7 +64,7 @@ function show(main, player) {
       h("section", { class: "panel" }, h("h2", {}, "Your position"), position)));
 
   function updateHead() {
-    setText(price, money(player.price_cents));
+    price.set(money(player.price_cents));
     setText(change, `${percentChange(player.open_price_cents, player.price_cents)} today`);
     change.className = `num ${direction(player.price_cents - player.open_price_cents)}`;
     const locked = market.isLocked(player);
@@ -151,7 +152,7 @@ function show(main, player) {
     const { previous, source, ts } = event.detail;
     updateHead();
     if (source !== "snapshot" && player.price_cents !== previous) {
-      flash(price, player.price_cents > previous ? "flash-up" : "flash-down");
+      price.flash(player.price_cents > previous ? "up" : "down");
     }
     if (historyLoaded) plot(ts, player.price_cents);
     else pending.push([ts, player.price_cents]);

@@ -54,12 +54,20 @@ export function mount(main) {
   const summaryItems = {};
 
   function build() {
+    const sameRows = rows.length === books.holdings.length && rows.length > 0
+      && rows.every((row, i) => row.holding.player_id === books.holdings[i].player_id);
+    if (sameRows) {
+      // The same positions: change numbers in place (an order on one of them).
+      rows.forEach((row, i) => { row.holding = books.holdings[i]; });
+      render();
+      return;
+    }
     rows = books.holdings.map((holding) => {
       const player = market.player(holding.player_id);
-      const cells = { price: cell(""), value: cell(""), profit: cell("") };
+      const cells = { quantity: cell(""), average: cell(""), price: cell(""), value: cell(""), profit: cell("") };
       const element = h("tr", { "data-player-id": holding.player_id },
         h("td", {}, h("a", { href: `/players/${holding.player_id}`, "data-link": true }, player?.name ?? `#${holding.player_id}`)),
-        cell(String(holding.quantity)), cell(money(holding.avg_cost_cents)), cells.price, cells.value, cells.profit);
+        cells.quantity, cells.average, cells.price, cells.value, cells.profit);
       return { holding, cells, element };
     });
     replace(holdingsBody, rows.length ? rows.map((row) => row.element)
@@ -85,6 +93,8 @@ export function mount(main) {
       const cost = holding.cost_cents ?? holding.avg_cost_cents * holding.quantity;
       holdingsValue += value;
       profit += value - cost;
+      setText(cells.quantity, String(holding.quantity));
+      setText(cells.average, money(holding.avg_cost_cents));
       setText(cells.price, money(price));
       setText(cells.value, money(value));
       setText(cells.profit, signedMoney(value - cost));

@@ -5,7 +5,7 @@
 
 import { h, setText } from "../lib/dom.js";
 import { money, secondsUntil } from "../lib/format.js";
-import { post, newIdempotencyKey, describeError } from "../lib/api.js";
+import { post, Intent, describeError } from "../lib/api.js";
 import { market } from "../lib/market.js";
 import { session } from "../lib/session.js";
 
@@ -53,7 +53,7 @@ export function createTicket(player, { onFilled, holdings = () => null } = {}) {
     h("p", { class: "estimate" }, h("span", {}, "Estimated total"), estimate),
     available, lockNotice, message, submit);
 
-  let intent = null; // { key, body } of the order being sent or retried
+  const intent = new Intent(`order.${player.id}`);
   let inFlight = false;
 
   const currentSide = () => form.querySelector(`input[name="${id}-side"]:checked`)?.value ?? "buy";
@@ -85,7 +85,10 @@ export function createTicket(player, { onFilled, holdings = () => null } = {}) {
     setText(lockNotice, locked
       ? `Trading on ${player.name} is locked after a match event. It reopens in ${secondsUntil(player.locked_until_ms)} s.`
       : "");
-    submit.disabled = inFlight || locked || !session.token;
+    // In flight the button stays focusable (the inFlight guard ignores
+    // presses), so keyboard focus is not thrown back to the page.
+    submit.disabled = locked || !session.token;
+    submit.setAttribute("aria-disabled", String(inFlight));
     if (!session.token) setText(lockNotice, lockNotice.textContent || "Sign in to trade.");
   }
 
@@ -106,20 +109,19 @@ export function createTicket(player, { onFilled, holdings = () => null } = {}) {
       show("error", error);
       return;
     }
-    const bodyText = JSON.stringify(body);
-    if (!intent || intent.body !== bodyText) intent = { key: newIdempotencyKey(), body: bodyText };
+    const key = intent.keyFor(body);
     inFlight = true;
     refresh();
     show("", "");
     try {
-      const order = await post("/orders", body, { idempotencyKey: intent.key });
-      intent = null;
+      const order = await post("/orders", body, { idempotencyKey: key });
+      intent.settle();
       const verb = order.side === "buy" ? "Bought" : "Sold";
       show("ok", `${verb} ${order.quantity} × ${player.name} at ${money(order.price_cents)}, total ${money(order.total_cents)}. Cash now ${money(order.balance_cents)}.`);
       onFilled?.(order);
     } catch (failure) {
       // Only an undecided outcome keeps its key for the retry.
-      if (!failure.retryable) intent = null;
+      if (!failure.retryable) intent.settle();
       const text = describeError(failure, { playerName: player.name });
       show(failure.code === "request_in_progress" ? "info" : "error",
         failure.retryable && failure.code !== "request_in_progress" ? `${text} Press again to retry safely.` : text);

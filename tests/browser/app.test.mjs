@@ -185,18 +185,41 @@ scenario("a buy from the ticket shows up in the portfolio with the new cash, and
   await page.locator("#orders").getByText("Cy Winger").waitFor();
 });
 
-scenario("a drop purchase goes from reserved to completed", async () => {
+scenario("a drop purchase goes from reserved to completed, once however often it is retried", async () => {
   const rookie = await app.createPlayer("Dee Rookie", "Blue City", 500);
   const sale = await app.admin("POST", "/admin/sales", {
-    player_id: rookie.id, name: "Rookie drop", total_units: 50, unit_price_cents: 400, max_per_user: 5,
+    player_id: rookie.id, name: "Rookie drop", total_units: 50, unit_price_cents: 400, max_per_user: 60,
   }, 201);
   await page.getByRole("link", { name: "Drops" }).click();
   await page.waitForURL(`${app.base}/drops`);
   const card = page.locator(`#sale-${sale.sale_id}`);
   await card.getByRole("heading", { name: "Rookie drop" }).waitFor();
+  const buy = card.getByRole("button", { name: "Buy" });
+  // More than is left is refused whole (no partial fills), and the drop
+  // stays open for a smaller quantity.
+  await card.getByLabel("Quantity").fill("60");
+  await buy.click();
+  await page.locator(`#sale-${sale.sale_id}-message`).getByText(/^Sold out: not enough units left/).waitFor();
+  await page.locator(`#sale-${sale.sale_id}-when`).getByText("Open now").waitFor();
+  assert.ok(await buy.isEnabled());
+  assert.ok(await card.getByRole("button", { name: "Join waitlist" }).isHidden(), "no waitlist while units remain");
+  // The 202 is lost on the way back; pressing again resends the same key.
+  let dropped = 0;
+  await page.route(`**/api/v1/sales/${sale.sale_id}/purchases`, async (route) => {
+    if (route.request().method() === "POST" && dropped === 0) {
+      dropped += 1;
+      await route.fetch();
+      await route.abort("connectionreset");
+      return;
+    }
+    await route.continue();
+  });
   await card.getByLabel("Quantity").fill("2");
-  await card.getByRole("button", { name: "Buy" }).click();
+  await buy.click();
+  await page.locator(`#sale-${sale.sale_id}-message`).getByText(/retry safely|could not be reached/).waitFor();
+  await buy.click();
   await card.locator('[data-status="completed"]').waitFor({ timeout: 20000 });
+  await page.unrouteAll();
   await page.locator(`#sale-${sale.sale_id}-remaining`).getByText("48", { exact: true }).waitFor({ timeout: 10000 });
   const purchases = await app.call("GET", `/sales/${sale.sale_id}/purchases`, { token: await token(), status: 200 });
   assert.equal(purchases.length, 1);

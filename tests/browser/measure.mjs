@@ -16,6 +16,7 @@ const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(
 try {
   const context = await browser.newContext({
     viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
+    reducedMotion: process.env.REDUCED_MOTION ? "reduce" : "no-preference",
   });
   const page = await context.newPage();
   let bytes = 0;
