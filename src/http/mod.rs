@@ -75,7 +75,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/me").route(web::get().to(me)))
                 .service(resource("/players").route(web::get().to(list_players)))
                 .service(resource("/players/{id}").route(web::get().to(get_player)))
-                .service(resource("/players/{id}/history").route(web::get().to(player_history)))
+                // A chart's or sparkline's history is repetitive JSON: gzip
+                // shrinks it several times over for phones on a stadium's network.
+                .service(
+                    resource("/players/{id}/history")
+                        .wrap(actix_web::middleware::Compress::default())
+                        .route(web::get().to(player_history)),
+                )
                 .service(
                     resource("/orders")
                         .route(web::post().to(place_order))

@@ -144,3 +144,22 @@ async fn players_carry_the_days_opening_price() {
     .await;
     assert_eq!(app.player(id).await["open_price_cents"], moved);
 }
+
+#[tokio::test]
+async fn history_is_gzipped_for_clients_that_accept_it() {
+    let app = spawn_app().await;
+    let id = app.create_player(1000).await;
+    let path = format!("/api/v1/players/{id}/history");
+    let gzipped = app
+        .client
+        .get(app.url(&path))
+        .header(reqwest::header::ACCEPT_ENCODING, "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    // Without the header the same route answers plain JSON.
+    let plain: Value = app.get(&path, None).await.json().await.unwrap();
+    assert_eq!(plain[0]["price_cents"], 1000);
+}
