@@ -138,6 +138,9 @@ socket.addEventListener("message", (event) => {
   }
 });
 
+// A screen that just moved money says so: the header's cash follows at once.
+window.addEventListener("matchday:account-changed", refreshCash);
+
 // The ticker: match events as they land, newest first.
 const ticker = document.querySelector(".ticker-list");
 market.addEventListener("event", (event) => {

@@ -226,6 +226,7 @@ export function mount(main) {
       const card = cards.get(message.sale_id);
       if (card) track(card, message);
       if (card && message.status === "completed") showMessage(card, "ok", `Purchase of ${message.quantity} completed. The shares are in your portfolio.`);
+      window.dispatchEvent(new Event("matchday:account-changed"));
     }
   };
   socket.addEventListener("message", onMessage);

@@ -118,6 +118,7 @@ export function createTicket(player, { onFilled, holdings = () => null } = {}) {
       intent.settle();
       const verb = order.side === "buy" ? "Bought" : "Sold";
       show("ok", `${verb} ${order.quantity} × ${player.name} at ${money(order.price_cents)}, total ${money(order.total_cents)}. Cash now ${money(order.balance_cents)}.`);
+      window.dispatchEvent(new Event("matchday:account-changed"));
       onFilled?.(order);
     } catch (failure) {
       // Only an undecided outcome keeps its key for the retry.

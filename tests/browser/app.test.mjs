@@ -175,6 +175,9 @@ scenario("a buy from the ticket shows up in the portfolio with the new cash, and
   assert.equal(order.quantity, 3);
   assert.match(await message.textContent(), new RegExp(`Cash now ${money(order.balance_cents).replace(/[$.]/g, "\\$&")}`));
 
+  // The header's spendable cash follows the fill.
+  await page.locator("#account-cash").getByText(money(order.balance_cents), { exact: true }).waitFor({ timeout: 5000 });
+
   await page.getByRole("link", { name: "Portfolio" }).click();
   await page.waitForURL(`${app.base}/portfolio`);
   await page.locator("#cash").getByText(money(STARTING_CASH - order.total_cents), { exact: true }).waitFor();
