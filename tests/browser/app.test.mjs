@@ -66,6 +66,23 @@ function boardRow(player) {
   return page.locator(`.board-row[data-player-id="${player.id}"]`);
 }
 
+/**
+ * Lets the first POST to `url` reach the server and execute, then drops its
+ * answer on the way back, as a flaky mobile network does.
+ */
+async function loseFirstAnswer(url) {
+  let lost = false;
+  await page.route(url, async (route) => {
+    if (route.request().method() === "POST" && !lost) {
+      lost = true;
+      await route.fetch();
+      await route.abort("connectionreset");
+      return;
+    }
+    await route.continue();
+  });
+}
+
 async function axeSeriousViolations() {
   await page.addScriptTag({ content: AXE_SOURCE }).catch(() => {});
   // The CSP forbids inline scripts; evaluate the library in the page instead.
@@ -100,8 +117,23 @@ scenario("a price on the board changes after an event is pushed through the admi
   // A locked player does not tick, so the board shows exactly the event's price.
   await row.locator(".price").getByText(money(event.price_cents), { exact: true }).waitFor({ timeout: 5000 });
   await row.locator(".badge").getByText(/^Locked \d:\d\d$/).waitFor();
+  // A goal moves the price up: the row flashed green.
+  await row.locator(".flash-layer.up").waitFor({ state: "attached" });
   await page.locator(".ticker-list").getByText("Goal").first().waitFor();
   assert.match(await page.locator(".ticker-list li").first().textContent(), /Ada Striker/);
+});
+
+scenario("the board's search and team filter narrow the list", async () => {
+  await page.goto(`${app.base}/`);
+  await boardRow(players.winger).waitFor();
+  await page.getByLabel("Search players").fill("ada");
+  await page.locator(".board-row").nth(1).waitFor({ state: "detached" });
+  assert.deepEqual(await page.locator(".board-row .name").allTextContents(), ["Ada Striker"]);
+  await page.getByLabel("Search players").fill("");
+  await page.locator("#board-team").selectOption("Blue City");
+  await page.locator(`.board-row[data-player-id="${players.striker.id}"]`).waitFor({ state: "detached" });
+  assert.deepEqual(await page.locator(".board-row .name").allTextContents(), ["Cy Winger"]);
+  await page.locator("#board-team").selectOption("");
 });
 
 scenario("a locked player's ticket refuses with the lock message", async () => {
@@ -151,16 +183,7 @@ scenario("a buy from the ticket shows up in the portfolio with the new cash, and
   // The first answer is lost on the way back (the server did fill it): the
   // user taps again, the ticket resends the same idempotency key, and the
   // server answers with the same order instead of filling a second one.
-  let dropped = 0;
-  await page.route("**/api/v1/orders", async (route) => {
-    if (route.request().method() === "POST" && dropped === 0) {
-      dropped += 1;
-      await route.fetch();
-      await route.abort("connectionreset");
-      return;
-    }
-    await route.continue();
-  });
+  await loseFirstAnswer("**/api/v1/orders");
   const submit = page.locator(`#ticket-${players.winger.id}-submit`);
   await submit.click();
   await page.locator(`#ticket-${players.winger.id}-message`).getByText(/retry safely/).waitFor();
@@ -207,16 +230,7 @@ scenario("a drop purchase goes from reserved to completed, once however often it
   assert.ok(await buy.isEnabled());
   assert.ok(await card.getByRole("button", { name: "Join waitlist" }).isHidden(), "no waitlist while units remain");
   // The 202 is lost on the way back; pressing again resends the same key.
-  let dropped = 0;
-  await page.route(`**/api/v1/sales/${sale.sale_id}/purchases`, async (route) => {
-    if (route.request().method() === "POST" && dropped === 0) {
-      dropped += 1;
-      await route.fetch();
-      await route.abort("connectionreset");
-      return;
-    }
-    await route.continue();
-  });
+  await loseFirstAnswer(`**/api/v1/sales/${sale.sale_id}/purchases`);
   await card.getByLabel("Quantity").fill("2");
   await buy.click();
   await page.locator(`#sale-${sale.sale_id}-message`).getByText(/retry safely|could not be reached/).waitFor();
@@ -228,6 +242,30 @@ scenario("a drop purchase goes from reserved to completed, once however often it
   assert.equal(purchases.length, 1);
   assert.equal(purchases[0].status, "completed");
   assert.equal(purchases[0].quantity, 2);
+});
+
+scenario("a scheduled drop counts down, opens, sells out and offers the waitlist", async () => {
+  const star = await app.createPlayer("Eve Star", "Red Rovers", 800);
+  const startsAt = new Date(Date.now() + 6000).toISOString();
+  const sale = await app.admin("POST", "/admin/sales", {
+    player_id: star.id, name: "Star drop", total_units: 1, unit_price_cents: 300, starts_at: startsAt,
+  }, 201);
+  await page.goto(`${app.base}/drops`);
+  const card = page.locator(`#sale-${sale.sale_id}`);
+  const buy = card.getByRole("button", { name: "Buy" });
+  await page.locator(`#sale-${sale.sale_id}-when`).getByText(/^Opens in 0:0\d$/).waitFor();
+  assert.ok(await buy.isDisabled(), "no buying before starts_at");
+  await page.locator(`#sale-${sale.sale_id}-when`).getByText("Open now").waitFor({ timeout: 10000 });
+  // Someone else takes the only unit; the card hears it on the sale channel.
+  const [rival] = (await app.admin("POST", "/admin/users/bulk", { count: 1, prefix: "quick_" }, 201)).users;
+  await app.call("POST", `/sales/${sale.sale_id}/purchases`, {
+    body: { quantity: 1 }, token: rival.token, headers: { "idempotency-key": "quick-1" }, status: 202,
+  });
+  await page.locator(`#sale-${sale.sale_id}-remaining`).getByText("0", { exact: true }).waitFor({ timeout: 10000 });
+  await page.locator(`#sale-${sale.sale_id}-when`).getByText(/^Sold out/).waitFor();
+  assert.ok(await buy.isDisabled());
+  await card.getByRole("button", { name: "Join waitlist" }).click();
+  await page.locator(`#sale-${sale.sale_id}-message`).getByText("You are number 1 on the waitlist.", { exact: false }).waitFor();
 });
 
 scenario("the leaderboard lists the user and pins their rank", async () => {
