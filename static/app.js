@@ -145,18 +145,21 @@ window.addEventListener("matchday:account-changed", refreshCash);
 const ticker = document.querySelector(".ticker-list");
 market.addEventListener("event", (event) => {
   const e = event.detail;
+  const ts = e.ts_ms ?? e.received_ms;
   const player = market.player(e.player_id);
-  const item = h("li", { class: "ticker-item fresh" },
+  const item = h("li", { class: e.earlier ? "ticker-item" : "ticker-item fresh", "data-ts": ts },
     h("a", { href: `/players/${e.player_id}`, "data-link": true },
-      h("span", { class: "muted" }, clock(e.ts_ms ?? e.received_ms)), " ",
-      h("span", { class: "kind" }, eventKind(e.kind), e.correction ? " (corrected)" : ""), " ",
+      h("span", { class: "muted" }, e.minute ? `${e.minute}'` : clock(ts)), " ",
+      h("span", { class: "kind" }, eventKind(e.kind), e.correction ? " (correction)" : ""), " ",
       player?.name ?? `#${e.player_id}`, " ",
       h("span", { class: "num" }, money(e.price_cents))));
-  ticker.prepend(item);
+  // Newest first: an earlier event read at start-up may belong below a live one.
+  const older = [...ticker.children].find((li) => Number(li.dataset.ts) < ts);
+  ticker.insertBefore(item, older ?? null);
   while (ticker.children.length > TICKER_ITEMS) ticker.lastElementChild.remove();
 });
 
 renderAccount();
 route();
-market.load().catch(() => {});
+market.load().then(() => market.loadRecentEvents()).catch(() => {});
 socket.start();

@@ -20,6 +20,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_leaderboard",
         include_str!("../../migrations/0004_leaderboard.sql"),
     ),
+    (
+        "0005_recent_events",
+        include_str!("../../migrations/0005_recent_events.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.

@@ -22,6 +22,8 @@ type Reply = Result<HttpResponse, ApiError>;
 
 /// Default and maximum `limit` of `/players/{id}/history`.
 const HISTORY_LIMIT: (i64, i64) = (500, 5_000);
+/// Default and maximum `limit` of `/events` and `/players/{id}/events`.
+const EVENTS_LIMIT: (i64, i64) = (20, 100);
 /// Default and maximum `limit` of `/orders`.
 const ORDERS_LIMIT: (i64, i64) = (50, 500);
 /// Default and maximum `limit` of `/leaderboard`.
@@ -268,6 +270,30 @@ pub async fn player_history(
     }
     let points = state.players.history(id, limit).await?;
     let body: Vec<PricePointResponse> = points.into_iter().map(Into::into).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Addition: the most recently applied events of all players, newest first.
+pub async fn recent_events(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    let limit = extract::limit(&req, EVENTS_LIMIT.0, EVENTS_LIMIT.1)?;
+    let events = state.pricing.recent_events(None, limit).await?;
+    let body: Vec<RecordedEventResponse> = events.into_iter().map(Into::into).collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Addition: one player's most recently applied events, newest first.
+pub async fn player_events(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Reply {
+    let limit = extract::limit(&req, EVENTS_LIMIT.0, EVENTS_LIMIT.1)?;
+    let id = PlayerId(extract::path_id(&path, "player")?);
+    if state.players.get(id).await?.is_none() {
+        return Err(ApiError::not_found("no such player"));
+    }
+    let events = state.pricing.recent_events(Some(id), limit).await?;
+    let body: Vec<RecordedEventResponse> = events.into_iter().map(Into::into).collect();
     Ok(HttpResponse::Ok().json(body))
 }
 

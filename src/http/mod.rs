@@ -75,6 +75,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/me").route(web::get().to(me)))
                 .service(resource("/players").route(web::get().to(list_players)))
                 .service(resource("/players/{id}").route(web::get().to(get_player)))
+                .service(resource("/players/{id}/events").route(web::get().to(player_events)))
+                .service(resource("/events").route(web::get().to(recent_events)))
                 // A chart's or sparkline's history is repetitive JSON: gzip
                 // shrinks it several times over for phones on a stadium's network.
                 .service(

@@ -101,6 +101,45 @@ impl From<Player> for PlayerResponse {
     }
 }
 
+/// Addition: an applied event, as `GET /events` and
+/// `GET /players/{id}/events` list it.
+#[derive(Serialize)]
+pub struct RecordedEventResponse {
+    pub event_id: String,
+    pub match_id: String,
+    pub player_id: i64,
+    pub kind: String,
+    pub minute: Option<i32>,
+    pub occurred_at: String,
+    pub applied_at: String,
+    pub price_before_cents: i64,
+    pub price_cents: i64,
+    pub epoch: i64,
+    pub ts_ms: i64,
+    pub correction: bool,
+    pub reverted: bool,
+}
+
+impl From<crate::pricing::RecordedEvent> for RecordedEventResponse {
+    fn from(event: crate::pricing::RecordedEvent) -> RecordedEventResponse {
+        RecordedEventResponse {
+            ts_ms: event.applied_at.timestamp_millis(),
+            event_id: event.event_id,
+            match_id: event.match_id,
+            player_id: event.player.0,
+            kind: event.kind,
+            minute: event.minute,
+            occurred_at: timestamp(event.occurred_at),
+            applied_at: timestamp(event.applied_at),
+            price_before_cents: event.price_before.get(),
+            price_cents: event.price_after.get(),
+            epoch: event.epoch,
+            correction: event.correction,
+            reverted: event.reverted,
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct PricePointResponse {
     pub ts: String,

@@ -105,6 +105,27 @@ pub enum PricingError {
     Unexpected(#[from] Unexpected),
 }
 
+/// An applied event as the record keeps it: what the ticker and a player's
+/// page list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub event_id: String,
+    pub match_id: String,
+    pub player: PlayerId,
+    /// The kind as stored (an `EventKind` name).
+    pub kind: String,
+    pub minute: Option<i32>,
+    pub occurred_at: DateTime<Utc>,
+    pub applied_at: DateTime<Utc>,
+    pub price_before: Cents,
+    pub price_after: Cents,
+    pub epoch: i64,
+    /// This event withdraws an earlier one.
+    pub correction: bool,
+    /// A later correction withdrew this event.
+    pub reverted: bool,
+}
+
 /// A player as a feed first describes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedPlayer {
@@ -150,6 +171,14 @@ pub trait PriceStore: Send + Sync {
     /// Deletes price history older than `retention_hours`; returns how many
     /// points.
     async fn purge_history(&self, retention_hours: i64) -> Result<u64, Unexpected>;
+
+    /// The `limit` most recently applied events, newest first: of one
+    /// player, or of all.
+    async fn recent_events(
+        &self,
+        player: Option<PlayerId>,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, Unexpected>;
 }
 
 /// Where new prices and events go (the broadcast side implements it).
@@ -198,6 +227,16 @@ impl PricingService {
     /// The sink, for the ticker.
     pub fn sink(&self) -> &Arc<dyn PriceSink> {
         &self.sink
+    }
+
+    /// The most recently applied events, newest first (of one player, or all).
+    #[tracing::instrument(skip(self))]
+    pub async fn recent_events(
+        &self,
+        player: Option<PlayerId>,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, Unexpected> {
+        self.store.recent_events(player, limit).await
     }
 
     /// Applies one event; the lock is committed before anything is published.

@@ -8,7 +8,8 @@ use rand::Rng;
 use tokio_postgres::Row;
 
 use super::{
-    Applied, AppliedEvent, ListedPlayer, NewEvent, PriceStore, PricingError, PricingRules, Tick,
+    Applied, AppliedEvent, ListedPlayer, NewEvent, PriceStore, PricingError, PricingRules,
+    RecordedEvent, Tick,
 };
 use crate::domain::{Cents, PlayerId};
 use crate::error::Unexpected;
@@ -99,6 +100,9 @@ async fn move_locked_player(
     .await?;
     Ok(applied)
 }
+
+/// A correction's event id is its original's with this suffix.
+const CORRECTION_SUFFIX: &str = ":deleted";
 
 #[async_trait]
 impl PriceStore for PgPrices {
@@ -214,7 +218,7 @@ impl PriceStore for PgPrices {
                 )
                 .await?
                 .get(0);
-            let correction_id = format!("{original_id}:deleted");
+            let correction_id = format!("{original_id}{CORRECTION_SUFFIX}");
             let inserted = tx
                 .execute(
                     "INSERT INTO feed_events (event_id, match_id, player_id, kind, occurred_at, minute)
@@ -292,6 +296,63 @@ impl PriceStore for PgPrices {
                 &[&(retention_hours.clamp(1, i32::MAX as i64) as i32)],
             )
             .await?)
+    }
+
+    async fn recent_events(
+        &self,
+        player: Option<PlayerId>,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, Unexpected> {
+        let client = self.pool.get().await?;
+        // Two statements rather than `player_id = $1 OR $1 IS NULL`, so each
+        // uses its own index.
+        const COLUMNS: &str = "event_id, match_id, player_id, kind, minute, occurred_at,
+                               applied_at, price_before, price_after, epoch, reverted_by IS NOT NULL";
+        let rows = match player {
+            Some(player) => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {COLUMNS} FROM feed_events
+                              WHERE player_id = $1 AND applied_at IS NOT NULL
+                              ORDER BY applied_at DESC LIMIT $2"
+                        ),
+                        &[&player.0, &limit],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {COLUMNS} FROM feed_events WHERE applied_at IS NOT NULL
+                              ORDER BY applied_at DESC LIMIT $1"
+                        ),
+                        &[&limit],
+                    )
+                    .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let event_id: String = row.get(0);
+                RecordedEvent {
+                    correction: event_id.ends_with(CORRECTION_SUFFIX),
+                    event_id,
+                    match_id: row.get(1),
+                    player: PlayerId(row.get(2)),
+                    kind: row.get(3),
+                    minute: row.get(4),
+                    occurred_at: row.get(5),
+                    applied_at: row.get(6),
+                    price_before: Cents::new(row.get::<_, Option<i64>>(7).unwrap_or_default()),
+                    price_after: Cents::new(row.get::<_, Option<i64>>(8).unwrap_or_default()),
+                    epoch: row.get::<_, Option<i64>>(9).unwrap_or_default(),
+                    reverted: row.get(10),
+                }
+            })
+            .collect())
     }
 
     async fn current(&self) -> Result<Vec<Tick>, Unexpected> {

@@ -10,6 +10,8 @@ import { socket } from "./socket.js";
 /** Sparkline length, in history points (one a second). */
 export const SPARK_POINTS = 120;
 const MAX_EVENTS = 100;
+/** Events read at start-up for the ticker. */
+const RECENT_EVENTS = 20;
 
 class Market extends EventTarget {
   constructor() {
@@ -138,22 +140,41 @@ class Market extends EventTarget {
   }
 
   applyEvent(message) {
-    const key = message.event_id ?? `${message.player_id}:${message.epoch}`;
     this.applyPrice(message, "event");
     const player = this.players.get(message.player_id);
     if (player && (message.epoch ?? 0) >= player.epoch) {
       player.locked_until_ms = lockTime(message.locked_until);
       this.dispatchEvent(new CustomEvent("lock", { detail: { id: player.id } }));
     }
+    this.remember(message, false);
+  }
+
+  /**
+   * Lists an event once (it may come from the socket's two channels, or
+   * from the recent-events read and the socket both), newest first.
+   */
+  remember(event, earlier) {
+    const key = event.event_id ?? `${event.player_id}:${event.epoch}`;
     if (this.seenEvents.has(key)) return;
     this.seenEvents.add(key);
-    const entry = { ...message, received_ms: Date.now() };
+    const entry = { ...event, received_ms: Date.now() };
     this.events.unshift(entry);
+    this.events.sort((a, b) => (b.ts_ms ?? b.received_ms) - (a.ts_ms ?? a.received_ms));
     if (this.events.length > MAX_EVENTS) {
       const dropped = this.events.pop();
       this.seenEvents.delete(dropped.event_id ?? `${dropped.player_id}:${dropped.epoch}`);
     }
-    this.dispatchEvent(new CustomEvent("event", { detail: entry }));
+    this.dispatchEvent(new CustomEvent("event", { detail: { ...entry, earlier } }));
+  }
+
+  /**
+   * The events applied before this page opened (oldest first into the
+   * list, so the newest ends on top). Their prices are history: the live
+   * price comes only from the socket.
+   */
+  async loadRecentEvents() {
+    const events = await get(`/events?limit=${RECENT_EVENTS}`, { auth: false });
+    for (const event of events.reverse()) this.remember(event, true);
   }
 }
 

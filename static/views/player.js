@@ -10,6 +10,7 @@ import { socket } from "../lib/socket.js";
 import { createTicket } from "./ticket.js";
 
 const HISTORY_POINTS = 1000;
+const EVENTS_SHOWN = 20;
 
 export function mount(main, params) {
   const id = Number(params[0]);
@@ -72,12 +73,23 @@ function show(main, player) {
     if (locked) setText(badge, `Locked ${countdown(secondsUntil(player.locked_until_ms))}`);
   }
 
+  // Events applied before the page opened, then the live ones.
+  let earlier = [];
+  get(`/players/${player.id}/events?limit=${EVENTS_SHOWN}`, { auth: false }).then((events) => {
+    earlier = events;
+    renderEvents();
+  }).catch(() => {});
+
   function renderEvents() {
-    const mine = market.events.filter((e) => e.player_id === player.id).slice(0, 20);
+    const seen = new Set();
+    const mine = [...market.events.filter((e) => e.player_id === player.id), ...earlier]
+      .filter((e) => !seen.has(e.event_id) && seen.add(e.event_id))
+      .sort((a, b) => (b.ts_ms ?? b.received_ms) - (a.ts_ms ?? a.received_ms))
+      .slice(0, EVENTS_SHOWN);
     replace(events, mine.length === 0
-      ? h("li", { class: "muted" }, "No events since you opened Matchday.")
+      ? h("li", { class: "muted" }, "No match events for this player yet.")
       : mine.map((e) => h("li", {},
-        h("span", {}, `${clock(e.ts_ms ?? e.received_ms)} ${eventKind(e.kind)}${e.correction ? " (corrected)" : ""}`),
+        h("span", {}, `${e.minute ? `${e.minute}'` : clock(e.ts_ms ?? e.received_ms)} ${eventKind(e.kind)}${e.correction ? " (correction)" : ""}${e.reverted ? " (withdrawn)" : ""}`),
         h("span", { class: "num" }, money(e.price_cents)))));
   }
 

@@ -303,3 +303,85 @@ async fn ticks_reach_the_price_history_once_per_history_interval_not_every_tick(
         "{points} history points for {seq} ticks"
     );
 }
+
+#[tokio::test]
+async fn recent_events_list_applied_events_newest_first_for_all_or_one_player() {
+    let app = spawn_app().await;
+    let striker = app.create_player(1000).await;
+    let keeper = app.create_player(1000).await;
+    for (id, player, kind) in [
+        ("recent-1", striker, "goal"),
+        ("recent-2", keeper, "save"),
+        ("recent-3", striker, "yellow_card"),
+    ] {
+        assert_eq!(
+            app.push_event(id, player, kind).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    // A duplicate is not a new event.
+    assert_eq!(
+        app.push_event("recent-1", striker, "goal").await.status(),
+        StatusCode::OK
+    );
+
+    let all: Value = app.get("/api/v1/events", None).await.json().await.unwrap();
+    let kinds: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["yellow_card", "save", "goal"]);
+    let newest = &all[0];
+    assert_eq!(newest["event_id"], "recent-3");
+    assert_eq!(newest["player_id"], striker);
+    assert_eq!(newest["epoch"], 2);
+    assert_eq!(newest["correction"], false);
+    assert_eq!(newest["reverted"], false);
+    assert_eq!(
+        newest["price_cents"],
+        app.player(striker).await["price_cents"]
+    );
+    assert!(newest["price_cents"].as_i64() < newest["price_before_cents"].as_i64());
+
+    let two: Value = app
+        .get("/api/v1/events?limit=2", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(two.as_array().unwrap().len(), 2);
+    let mine: Value = app
+        .get(&format!("/api/v1/players/{striker}/events"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["recent-3", "recent-1"]);
+
+    assert_error(
+        app.get("/api/v1/events?limit=0", None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_input",
+    )
+    .await;
+    assert_error(
+        app.get("/api/v1/events?limit=many", None).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert_error(
+        app.get("/api/v1/players/999999/events", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}

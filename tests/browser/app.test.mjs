@@ -123,6 +123,14 @@ scenario("a price on the board changes after an event is pushed through the admi
   assert.match(await page.locator(".ticker-list li").first().textContent(), /Ada Striker/);
 });
 
+scenario("events applied before the page opened are in the ticker and on the player's page", async () => {
+  await page.goto(`${app.base}/`);
+  await page.locator(".ticker-list li").first().waitFor();
+  assert.match(await page.locator(".ticker-list li").first().textContent(), /Goal Ada Striker \$[\d,.]+$/);
+  await page.goto(`${app.base}/players/${players.striker.id}`);
+  await page.locator(".events li").getByText(/Goal$/).waitFor();
+});
+
 scenario("the board's search and team filter narrow the list", async () => {
   await page.goto(`${app.base}/`);
   await boardRow(players.winger).waitFor();
