@@ -94,20 +94,25 @@ fn with_common_headers(response: &mut HttpResponse) {
     );
 }
 
+/// `If-None-Match` names `etag` (weak comparison: a proxy that compresses
+/// may weaken a tag to `W/"…"`), or is `*`.
 fn not_modified(req: &HttpRequest, etag: &str) -> bool {
     req.headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag))
+        .is_some_and(|value| {
+            value
+                .split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+        })
 }
 
 fn index_response(req: &HttpRequest, assets: &Assets) -> HttpResponse {
+    // For HEAD, actix sends the headers of this body (its length) and
+    // drops the body itself.
     let mut response = if not_modified(req, &assets.index_etag) {
         HttpResponse::NotModified().finish()
-    } else if req.method() == Method::HEAD {
-        HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .finish()
     } else {
         HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
@@ -166,13 +171,9 @@ pub async fn asset(
         } else {
             mime.to_string()
         };
-        let builder = &mut HttpResponse::Ok();
-        builder.content_type(content_type);
-        if req.method() == Method::HEAD {
-            builder.finish()
-        } else {
-            builder.body(file.data.into_owned())
-        }
+        HttpResponse::Ok()
+            .content_type(content_type)
+            .body(file.data.into_owned())
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));

@@ -38,9 +38,9 @@ pub struct Player {
     pub epoch: i64,
     /// Trading on the player is suspended until then.
     pub locked_until: Option<DateTime<Utc>>,
-    /// The first price recorded since the start of the current UTC day (the
-    /// price the player was listed at, for one listed today): what "change
-    /// since open" is measured from.
+    /// The price the current UTC day opened at (the last one recorded
+    /// before midnight; for a player listed today, the listing price): what
+    /// "change since open" is measured from.
     pub open_price: Cents,
 }
 

@@ -21,18 +21,25 @@ impl PgPlayers {
 
 const PLAYER_COLUMNS: &str = "id, name, team, position, price_cents, epoch, locked_until";
 
-/// The catalog's columns plus the day's opening price: the first history
-/// point since midnight UTC (one index probe per player on
-/// `price_history_player_ts`), or the current price when there is none.
+/// The catalog's columns plus the day's opening price: the last history
+/// point before midnight UTC (the price the day opened at), else the day's
+/// first (a player listed today), else the current price. Each is one probe
+/// of `price_history_player_ts` per player.
 const PLAYER_WITH_OPEN: &str = "SELECT p.id, p.name, p.team, p.position, p.price_cents, p.epoch,
-            p.locked_until, COALESCE(day_open.price_cents, p.price_cents)
+            p.locked_until, COALESCE(before_midnight.price_cents, first_today.price_cents, p.price_cents)
        FROM players p
+       LEFT JOIN LATERAL (
+            SELECT h.price_cents FROM price_history h
+             WHERE h.player_id = p.id
+               AND h.ts < date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+             ORDER BY h.ts DESC LIMIT 1
+       ) before_midnight ON true
        LEFT JOIN LATERAL (
             SELECT h.price_cents FROM price_history h
              WHERE h.player_id = p.id
                AND h.ts >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
              ORDER BY h.ts ASC LIMIT 1
-       ) day_open ON true";
+       ) first_today ON true";
 
 fn player(row: &Row) -> Player {
     Player {

@@ -306,16 +306,18 @@ impl PriceStore for PgPrices {
         let client = self.pool.get().await?;
         // Two statements rather than `player_id = $1 OR $1 IS NULL`, so each
         // uses its own index.
-        const COLUMNS: &str = "event_id, match_id, player_id, kind, minute, occurred_at,
-                               applied_at, price_before, price_after, epoch, reverted_by IS NOT NULL";
+        const COLUMNS: &str = "e.event_id, e.match_id, e.player_id, e.kind, e.minute,
+            e.occurred_at, e.applied_at, e.price_before, e.price_after, e.epoch,
+            e.reverted_by IS NOT NULL,
+            EXISTS (SELECT 1 FROM feed_events o WHERE o.reverted_by = e.event_id)";
         let rows = match player {
             Some(player) => {
                 client
                     .query(
                         &format!(
-                            "SELECT {COLUMNS} FROM feed_events
-                              WHERE player_id = $1 AND applied_at IS NOT NULL
-                              ORDER BY applied_at DESC LIMIT $2"
+                            "SELECT {COLUMNS} FROM feed_events e
+                              WHERE e.player_id = $1 AND e.applied_at IS NOT NULL
+                              ORDER BY e.applied_at DESC LIMIT $2"
                         ),
                         &[&player.0, &limit],
                     )
@@ -325,8 +327,8 @@ impl PriceStore for PgPrices {
                 client
                     .query(
                         &format!(
-                            "SELECT {COLUMNS} FROM feed_events WHERE applied_at IS NOT NULL
-                              ORDER BY applied_at DESC LIMIT $1"
+                            "SELECT {COLUMNS} FROM feed_events e WHERE e.applied_at IS NOT NULL
+                              ORDER BY e.applied_at DESC LIMIT $1"
                         ),
                         &[&limit],
                     )
@@ -335,22 +337,19 @@ impl PriceStore for PgPrices {
         };
         Ok(rows
             .iter()
-            .map(|row| {
-                let event_id: String = row.get(0);
-                RecordedEvent {
-                    correction: event_id.ends_with(CORRECTION_SUFFIX),
-                    event_id,
-                    match_id: row.get(1),
-                    player: PlayerId(row.get(2)),
-                    kind: row.get(3),
-                    minute: row.get(4),
-                    occurred_at: row.get(5),
-                    applied_at: row.get(6),
-                    price_before: Cents::new(row.get::<_, Option<i64>>(7).unwrap_or_default()),
-                    price_after: Cents::new(row.get::<_, Option<i64>>(8).unwrap_or_default()),
-                    epoch: row.get::<_, Option<i64>>(9).unwrap_or_default(),
-                    reverted: row.get(10),
-                }
+            .map(|row| RecordedEvent {
+                event_id: row.get(0),
+                match_id: row.get(1),
+                player: PlayerId(row.get(2)),
+                kind: row.get(3),
+                minute: row.get(4),
+                occurred_at: row.get(5),
+                applied_at: row.get(6),
+                price_before: Cents::new(row.get::<_, Option<i64>>(7).unwrap_or_default()),
+                price_after: Cents::new(row.get::<_, Option<i64>>(8).unwrap_or_default()),
+                epoch: row.get::<_, Option<i64>>(9).unwrap_or_default(),
+                reverted: row.get(10),
+                correction: row.get(11),
             })
             .collect())
     }

@@ -142,6 +142,34 @@ async fn a_deleted_goal_has_its_price_effect_withdrawn() {
         striker["epoch"], 2,
         "the goal and its correction are both events"
     );
+    // The recent-events list shows the goal as withdrawn and its correction
+    // as one.
+    let events: Value = app
+        .get(&format!("/api/v1/players/{}/events", striker["id"]), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<(&str, bool, bool)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap(),
+                e["correction"].as_bool().unwrap(),
+                e["reverted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let correction_id = format!("{goal_id}:deleted");
+    assert_eq!(
+        listed,
+        [
+            (correction_id.as_str(), true, false),
+            (goal_id.as_str(), false, true)
+        ]
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -70,6 +70,35 @@ async fn the_root_serves_the_app_with_its_versioned_assets() {
         .await
         .unwrap();
     assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    // A proxy that compresses may weaken the tag; it still matches.
+    let weakened = format!("W/{}", html_etag_text(&app).await);
+    let revalidated = app
+        .client
+        .get(app.url("/"))
+        .header(IF_NONE_MATCH, weakened)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+
+    // HEAD answers like GET, without the body.
+    for path in ["/".to_string(), format!("{base}app.js")] {
+        let head = app.client.head(app.url(&path)).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK, "{path}");
+        let length: usize = head.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0, "{path}");
+    }
+}
+
+async fn html_etag_text(app: &TestApp) -> String {
+    app.get("/", None).await.headers()[ETAG]
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
