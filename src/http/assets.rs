@@ -9,13 +9,14 @@
 //! not an API route gets `index.html` too, and the app routes it itself.
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{Method, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use std::borrow::Cow;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use rust_embed::Embed;
 use sha2::{Digest, Sha256};
 
-use super::handlers::no_route;
-use super::AppState;
+use super::{ApiError, AppState};
 
 #[derive(Embed)]
 #[folder = "static/"]
@@ -60,10 +61,7 @@ impl Assets {
                 digest.update(file.metadata.sha256_hash());
             }
         }
-        let version: String = digest.finalize()[..6]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let version = hex(&digest.finalize()[..6]);
         let template = StaticFiles::get("index.html")
             .map(|file| String::from_utf8_lossy(&file.data).into_owned())
             .unwrap_or_else(|| "<!doctype html><title>Matchday</title>".to_string());
@@ -80,6 +78,10 @@ impl Assets {
     pub fn version(&self) -> &str {
         &self.version
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn with_common_headers(response: &mut HttpResponse) {
@@ -147,13 +149,9 @@ pub async fn asset(
         .then(|| StaticFiles::get(&name))
         .flatten()
     else {
-        return not_found();
+        return ApiError::not_found("no such file").error_response();
     };
-    let etag: String = file.metadata.sha256_hash()[..12]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    let etag = format!("\"{etag}\"");
+    let etag = format!("\"{}\"", hex(&file.metadata.sha256_hash()[..12]));
     let cache = if version == state.assets.version {
         IMMUTABLE
     } else {
@@ -171,23 +169,19 @@ pub async fn asset(
         } else {
             mime.to_string()
         };
-        HttpResponse::Ok()
-            .content_type(content_type)
-            .body(file.data.into_owned())
+        let builder = &mut HttpResponse::Ok();
+        builder.content_type(content_type);
+        // Release builds embed the files as static bytes: send them as they are.
+        match file.data {
+            Cow::Borrowed(bytes) => builder.body(bytes),
+            Cow::Owned(bytes) => builder.body(bytes),
+        }
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     if let Ok(etag) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, etag);
     }
-    with_common_headers(&mut response);
-    response
-}
-
-fn not_found() -> HttpResponse {
-    let mut response = HttpResponse::build(StatusCode::NOT_FOUND)
-        .content_type("application/json")
-        .body(r#"{"error":{"code":"not_found","message":"no such file"}}"#);
     with_common_headers(&mut response);
     response
 }
@@ -217,10 +211,7 @@ pub async fn fallback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     if is_app_navigation(&req) {
         return index_response(&req, &state.assets);
     }
-    match no_route().await {
-        Ok(response) => response,
-        Err(error) => actix_web::ResponseError::error_response(&error),
-    }
+    ApiError::not_found("no such route").error_response()
 }
 
 #[cfg(test)]

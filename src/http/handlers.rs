@@ -264,13 +264,19 @@ pub async fn player_history(
     path: web::Path<String>,
 ) -> Reply {
     let limit = extract::limit(&req, HISTORY_LIMIT.0, HISTORY_LIMIT.1)?;
-    let id = PlayerId(extract::path_id(&path, "player")?);
-    if state.players.get(id).await?.is_none() {
-        return Err(ApiError::not_found("no such player"));
-    }
+    let id = existing_player(&state, &path).await?;
     let points = state.players.history(id, limit).await?;
     let body: Vec<PricePointResponse> = points.into_iter().map(Into::into).collect();
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// The player a path names, or 404.
+async fn existing_player(state: &AppState, path: &str) -> Result<PlayerId, ApiError> {
+    let id = PlayerId(extract::path_id(path, "player")?);
+    match state.players.get(id).await? {
+        Some(_) => Ok(id),
+        None => Err(ApiError::not_found("no such player")),
+    }
 }
 
 /// Addition: the most recently applied events of all players, newest first.
@@ -288,10 +294,7 @@ pub async fn player_events(
     path: web::Path<String>,
 ) -> Reply {
     let limit = extract::limit(&req, EVENTS_LIMIT.0, EVENTS_LIMIT.1)?;
-    let id = PlayerId(extract::path_id(&path, "player")?);
-    if state.players.get(id).await?.is_none() {
-        return Err(ApiError::not_found("no such player"));
-    }
+    let id = existing_player(&state, &path).await?;
     let events = state.pricing.recent_events(Some(id), limit).await?;
     let body: Vec<RecordedEventResponse> = events.into_iter().map(Into::into).collect();
     Ok(HttpResponse::Ok().json(body))
@@ -444,10 +447,6 @@ pub async fn websocket(state: web::Data<AppState>, req: HttpRequest, body: web::
         .retry_after(1_000),
         AcceptError::NotWebSocket => ApiError::bad_request("expected a WebSocket upgrade"),
     })
-}
-
-pub async fn no_route() -> Reply {
-    Err(ApiError::not_found("no such route"))
 }
 
 pub async fn wrong_method() -> Reply {

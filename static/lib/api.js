@@ -131,6 +131,16 @@ export class Intent {
   }
 }
 
+/**
+ * `describeError`, plus, for an attempt whose outcome is unknown (no answer,
+ * 429, 5xx), that pressing again is safe: the same idempotency key goes out.
+ */
+export function describeAttempt(error, context = {}) {
+  const text = describeError(error, context);
+  const undecided = error instanceof ApiError && error.retryable && error.code !== "request_in_progress";
+  return undecided ? `${text} Press again to retry safely.` : text;
+}
+
 function seconds(ms) {
   return Math.max(1, Math.ceil((ms ?? 1000) / 1000));
 }

@@ -63,12 +63,3 @@ export function flashingNumber(attributes = {}) {
     },
   };
 }
-
-/** Shows a short message in the corner for a few seconds. */
-export function toast(text) {
-  const container = document.getElementById("toasts");
-  if (!container) return;
-  const item = h("div", { class: "toast" }, text);
-  container.append(item);
-  setTimeout(() => item.remove(), 5000);
-}

@@ -49,7 +49,7 @@ class Market extends EventTarget {
           id: item.id, name: item.name, team: item.team, position: item.position,
           price_cents: item.price_cents, open_price_cents: item.open_price_cents ?? item.price_cents,
           epoch: item.epoch, seq: null, locked_until_ms: lockTime(item.locked_until),
-          spark: null, lastTs: 0,
+          spark: null,
         });
         fresh.push(`player:${item.id}`);
       }

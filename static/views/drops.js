@@ -4,7 +4,7 @@
 
 import { h, replace, setText } from "../lib/dom.js";
 import { money, secondsUntil, countdown } from "../lib/format.js";
-import { get, post, Intent, describeError } from "../lib/api.js";
+import { get, post, Intent, describeError, describeAttempt } from "../lib/api.js";
 import { market } from "../lib/market.js";
 import { session } from "../lib/session.js";
 import { socket } from "../lib/socket.js";
@@ -99,9 +99,7 @@ export function mount(main) {
       track(card, bought);
     } catch (error) {
       if (!error.retryable) card.intent.settle();
-      const text = describeError(error);
-      showMessage(card, error.code === "rate_limited" ? "info" : "error",
-        error.retryable && error.code !== "request_in_progress" ? `${text} Press again to retry safely.` : text);
+      showMessage(card, error.code === "rate_limited" ? "info" : "error", describeAttempt(error));
       // Sold out may mean only "fewer left than asked": read what is left.
       if (error.code === "sold_out" || error.code === "sale_not_open") refreshSale(card);
     } finally {

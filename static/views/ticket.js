@@ -5,7 +5,7 @@
 
 import { h, setText } from "../lib/dom.js";
 import { money, secondsUntil } from "../lib/format.js";
-import { post, Intent, describeError } from "../lib/api.js";
+import { post, Intent, describeAttempt } from "../lib/api.js";
 import { market } from "../lib/market.js";
 import { session } from "../lib/session.js";
 
@@ -123,9 +123,8 @@ export function createTicket(player, { onFilled, holdings = () => null } = {}) {
     } catch (failure) {
       // Only an undecided outcome keeps its key for the retry.
       if (!failure.retryable) intent.settle();
-      const text = describeError(failure, { playerName: player.name });
       show(failure.code === "request_in_progress" ? "info" : "error",
-        failure.retryable && failure.code !== "request_in_progress" ? `${text} Press again to retry safely.` : text);
+        describeAttempt(failure, { playerName: player.name }));
       if (failure.code === "player_locked" && failure.details.retry_after_ms) {
         player.locked_until_ms = Math.max(player.locked_until_ms, Date.now() + failure.details.retry_after_ms);
       }
