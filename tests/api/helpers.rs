@@ -16,13 +16,16 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub database_url: String,
-    handle: actix_web::dev::ServerHandle,
+    /// None for a server this process did not start (tests/cluster).
+    handle: Option<actix_web::dev::ServerHandle>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Sends the stop command at once; the server drains on its own.
-        drop(self.handle.stop(false));
+        if let Some(handle) = &self.handle {
+            drop(handle.stop(false));
+        }
     }
 }
 
@@ -88,7 +91,19 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         address,
         client: reqwest::Client::new(),
         database_url,
-        handle,
+        handle: Some(handle),
+    }
+}
+
+/// A client of a server running in another process (a replica started by
+/// tests/cluster), with every helper below.
+#[allow(dead_code)]
+pub fn remote_app(address: String, database_url: String) -> TestApp {
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        database_url,
+        handle: None,
     }
 }
 
@@ -244,7 +259,9 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str) ->
 impl TestApp {
     /// Stops the server and its background tasks (leadership included).
     pub async fn stop(&self) {
-        self.handle.stop(true).await;
+        if let Some(handle) = &self.handle {
+            handle.stop(true).await;
+        }
     }
 
     /// A gauge or counter value from /metrics (first series of that name).
