@@ -162,6 +162,13 @@ ensure_services() {
 
 # The browser tests' tools: Debian's Chromium (driven by playwright-core, so
 # no browser download) and Node.js 20 or newer with npm.
+# nginx for scripts/cluster and the cluster test (Debian's package, never
+# started as a service: each user runs it with a config of its own); sets NGINX.
+ensure_nginx() {
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx-light || apt_install nginx
+  NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+}
+
 ensure_browser_tools() {
   local missing=()
   [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)

@@ -14,3 +14,4 @@ mod books;
 mod cluster;
 mod failover;
 mod fanout;
+mod nginx;
