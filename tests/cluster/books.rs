@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 
 use crate::cluster::*;
+use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn trades_and_drop_purchases_spread_over_every_replica_keep_the_books_balanced() {
@@ -83,18 +84,7 @@ async fn trades_and_drop_purchases_spread_over_every_replica_keep_the_books_bala
 
     // Settlement may fail a purchase (a buyer spent their cash on orders):
     // its units go back. Wait until none is in flight.
-    let started = Instant::now();
-    let audit = loop {
-        let audit = admin.sale_audit(sale).await;
-        if audit["reserved_units"] == 0 && audit["held_units"] == 0 {
-            break audit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "settlement stalled: {audit}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let audit = wait_until_settled(admin, sale, Duration::from_secs(30)).await;
     assert_eq!(audit["consistent"], true, "{audit}");
     let completed = audit["completed_units"].as_i64().expect("completed_units");
     assert!(

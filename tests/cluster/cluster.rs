@@ -56,6 +56,22 @@ impl Drop for Cluster {
     }
 }
 
+/// Asks the kernel to send `signal` to the child when this test process
+/// dies, so a test binary killed by a timeout leaves no replica (or nginx)
+/// behind holding its database open.
+pub fn die_with_parent(command: &mut Command, signal: i32) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -131,7 +147,8 @@ impl Cluster {
             .open(&replica.log)
             .expect("replica log");
         let stderr = log.try_clone().expect("replica log");
-        Command::new(env!("CARGO_BIN_EXE_matchday"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_matchday"));
+        die_with_parent(&mut command, libc::SIGKILL)
             .arg("serve")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))

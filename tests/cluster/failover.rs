@@ -39,11 +39,10 @@ async fn killing_the_leader_hands_ticking_and_revaluation_to_another_replica_wit
     let leader = cluster.one_leader(Duration::from_secs(10)).await;
     let watcher = (leader + 1) % 3;
     let mut ws = subscribed(cluster.app(watcher), &[format!("player:{player}")]).await;
-    let mut frames = frames_for(&mut ws, Duration::from_secs(1)).await;
-    assert!(
-        ticks_of(player, &frames).len() >= 5,
-        "no ticks before the kill"
-    );
+    // The socket is read the whole time, on its own task, so every frame
+    // is stamped when it arrives: 1 s before the kill, 5 s after.
+    let reader = tokio::spawn(async move { frames_for(&mut ws, Duration::from_secs(6)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let killed_at = Instant::now();
     let killed_wall = Utc::now();
@@ -70,8 +69,12 @@ async fn killing_the_leader_hands_ticking_and_revaluation_to_another_replica_wit
 
     // Ticks: seq keeps rising through the takeover (checked by ticks_of),
     // and the socket's longest silence is short.
-    frames.extend(frames_for(&mut ws, Duration::from_secs(3)).await);
+    let frames = reader.await.expect("socket reader");
     let ticks = ticks_of(player, &frames);
+    assert!(
+        ticks.iter().filter(|tick| tick.2 < killed_at).count() >= 5,
+        "no ticks before the kill"
+    );
     let longest_gap = ticks
         .windows(2)
         .map(|pair| pair[1].2 - pair[0].2)
@@ -94,15 +97,14 @@ async fn killing_the_leader_hands_ticking_and_revaluation_to_another_replica_wit
         longest_gap < TAKEOVER_WITHIN,
         "clients saw no tick for {longest_gap:?}"
     );
-    // One ticker afterwards, not two: ~10 seq a second at 100 ms.
-    let recent: Vec<_> = ticks
-        .iter()
-        .filter(|tick| tick.2 > killed_at + Duration::from_secs(2))
-        .collect();
+    // One ticker afterwards, not two: at 100 ms, ~10 seq a second over the
+    // last 2 s the socket was read.
+    let window_start = killed_at + Duration::from_secs(3);
+    let recent: Vec<_> = ticks.iter().filter(|tick| tick.2 > window_start).collect();
     let advance = recent.last().map_or(0, |t| t.0) - recent.first().map_or(0, |t| t.0);
     assert!(
-        (3..=20).contains(&advance),
-        "seq advanced {advance} in the last ~1.5 s"
+        (8..=30).contains(&advance),
+        "seq advanced {advance} in the socket's last ~2 s"
     );
 
     // The killed replica comes back as a follower, and its sockets tick.
@@ -125,6 +127,8 @@ struct Attempt {
     body: Value,
     /// Status and body, or `None` when the connection died without one.
     answer: Option<(u16, Value)>,
+    /// Sent (or being answered) when the replica died, not refused at once.
+    cut_short: bool,
 }
 
 impl Attempt {
@@ -139,8 +143,17 @@ impl Attempt {
     }
 }
 
-async fn send(app: &TestApp, token: &str, attempt: &Attempt) -> Option<(u16, Value)> {
-    let response = app
+/// What became of one send.
+enum Sent {
+    Answered(u16, Value),
+    /// The connection was refused: the replica was already gone.
+    Refused,
+    /// The request was on its way or being executed when the replica died.
+    CutShort,
+}
+
+async fn send_once(app: &TestApp, token: &str, attempt: &Attempt) -> Sent {
+    let sent = app
         .client
         .post(app.url(&attempt.path))
         .bearer_auth(token)
@@ -148,9 +161,25 @@ async fn send(app: &TestApp, token: &str, attempt: &Attempt) -> Option<(u16, Val
         .json(&attempt.body)
         .timeout(Duration::from_secs(10))
         .send()
-        .await
-        .ok()?;
-    Some(status_and_body(response).await)
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.json().await {
+                Ok(body) => Sent::Answered(status, body),
+                Err(_) => Sent::CutShort,
+            }
+        }
+        Err(error) if error.is_connect() => Sent::Refused,
+        Err(_) => Sent::CutShort,
+    }
+}
+
+async fn send(app: &TestApp, token: &str, attempt: &Attempt) -> Option<(u16, Value)> {
+    match send_once(app, token, attempt).await {
+        Sent::Answered(status, body) => Some((status, body)),
+        Sent::Refused | Sent::CutShort => None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -197,8 +226,13 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_order_or_purchase() {
                 path,
                 body,
                 answer: None,
+                cut_short: false,
             };
-            attempt.answer = send(victim_app, &user.token, &attempt).await;
+            match send_once(victim_app, &user.token, &attempt).await {
+                Sent::Answered(status, body) => attempt.answer = Some((status, body)),
+                Sent::Refused => {}
+                Sent::CutShort => attempt.cut_short = true,
+            }
             let lost = attempt.answer.is_none();
             attempts.push(attempt);
             if lost || Instant::now() > stop_by {
@@ -237,11 +271,10 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_order_or_purchase() {
         acknowledged >= 50,
         "only {acknowledged} acknowledged before the kill"
     );
-    assert!(
-        lost.len() >= users.len() / 2,
-        "the kill cut only {} requests short",
-        lost.len()
-    );
+    // Most clients find the replica gone on their next request; some must
+    // have had one in flight when it died, or this test proves little.
+    let cut_short = attempts.iter().filter(|a| a.cut_short).count();
+    assert!(cut_short >= 1, "no request was in flight at the kill");
 
     cluster.restart(victim).await;
     let (victim_app, survivor_app) = (cluster.app(victim), cluster.app(survivor));
@@ -320,24 +353,14 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_order_or_purchase() {
     }
 
     // Every purchase settles; the drop and the ledger balance.
-    let started = Instant::now();
-    let audit = loop {
-        let audit = survivor_app.sale_audit(sale).await;
-        if audit["reserved_units"] == 0 && audit["held_units"] == 0 {
-            break audit;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "settlement stalled: {audit}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let audit = wait_until_settled(survivor_app, sale, Duration::from_secs(30)).await;
     assert_eq!(audit["consistent"], true, "{audit}");
     let bought: i64 = attempts.iter().filter(|a| !a.is_order()).count() as i64;
     assert!(audit["completed_units"].as_i64().unwrap_or(0) > 0 && bought > 0);
     assert_eq!(survivor_app.audit().await["ok"], true);
     eprintln!(
-        "{} requests, {acknowledged} acknowledged, {} cut short by the kill",
+        "{} requests, {acknowledged} acknowledged, {cut_short} cut short by the kill, {} \
+         unanswered in all",
         attempts.len(),
         lost.len()
     );

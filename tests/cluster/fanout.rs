@@ -25,6 +25,11 @@ async fn an_event_pushed_through_one_replica_reaches_every_replica_once_and_one_
         sockets.push(subscribed(cluster.app(n), &channels).await);
     }
     cluster.one_leader(Duration::from_secs(10)).await;
+    // What queued up while the others subscribed is dropped, so the window
+    // below starts now on every socket.
+    for ws in &mut sockets {
+        frames_for(ws, Duration::from_millis(20)).await;
+    }
 
     let (status, applied) = status_and_body(
         cluster

@@ -127,7 +127,9 @@ http {{
 "
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        // SIGTERM, so the master stops its workers on its way out.
+        let child = die_with_parent(&mut command, libc::SIGTERM)
             .args(["-g", "daemon off;", "-p"])
             .arg(&dir)
             .arg("-c")
