@@ -58,6 +58,60 @@ impl Unexpected {
     }
 }
 
+impl Unexpected {
+    /// True when Postgres or Redis could not be reached or went away
+    /// mid-request (a restart, a crash, a lost connection): nothing was
+    /// decided, so the client is told to retry rather than handed a 500.
+    pub fn is_unavailable(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self.0.as_ref());
+        while let Some(error) = cause {
+            if let Some(pool) = error.downcast_ref::<deadpool_postgres::PoolError>() {
+                // Backend: a new connection could not be made; Closed: the
+                // pool itself is shutting down.
+                if matches!(
+                    pool,
+                    deadpool_postgres::PoolError::Backend(_) | deadpool_postgres::PoolError::Closed
+                ) {
+                    return true;
+                }
+            }
+            if let Some(postgres) = error.downcast_ref::<tokio_postgres::Error>() {
+                if postgres_unavailable(postgres) {
+                    return true;
+                }
+            }
+            if let Some(redis) = error.downcast_ref::<fred::error::Error>() {
+                use fred::error::ErrorKind;
+                if matches!(
+                    redis.kind(),
+                    ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout
+                ) {
+                    return true;
+                }
+            }
+            // A socket failure under either client (request paths read no
+            // files).
+            if error.is::<std::io::Error>() {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+}
+
+/// A closed connection, or Postgres shutting down, crashing, starting up
+/// (SQLSTATE class 57P) or failing the connection (class 08).
+fn postgres_unavailable(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    error.code().is_some_and(|code| {
+        let code = code.code();
+        code.starts_with("57P") || code.starts_with("08")
+    })
+}
+
 impl From<tokio_postgres::Error> for Unexpected {
     fn from(error: tokio_postgres::Error) -> Unexpected {
         Unexpected::from_error(error)

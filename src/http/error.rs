@@ -141,9 +141,22 @@ impl From<Unexpected> for ApiError {
             )
             .retry_after(OVERLOAD_RETRY_AFTER_MS);
         }
+        if error.is_unavailable() {
+            tracing::warn!(%error, "a backing service is unavailable: answering 503");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "a backing service is briefly unavailable; retry shortly",
+            )
+            .retry_after(UNAVAILABLE_RETRY_AFTER_MS);
+        }
         ApiError::internal(&error)
     }
 }
+
+/// Suggested wait after a 503: Postgres restarts and Redis reconnects take
+/// about this long.
+const UNAVAILABLE_RETRY_AFTER_MS: i64 = 1_000;
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> ApiError {
@@ -287,6 +300,28 @@ mod tests {
         assert_eq!(error.retry_after_ms, Some(1_000));
         let response = error.error_response();
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    #[test]
+    fn an_unreachable_database_is_a_503_with_retry_after() {
+        let closed = deadpool_postgres::PoolError::Closed;
+        let error = ApiError::from(Unexpected::from_error(closed));
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.code, "service_unavailable");
+        assert_eq!(error.retry_after_ms, Some(1_000));
+        let response = error.error_response();
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    #[test]
+    fn a_lost_redis_connection_is_a_503_however_deep_in_the_cause_chain() {
+        let io = fred::error::Error::new(fred::error::ErrorKind::IO, "connection reset");
+        let wrapped = crate::bus::BusError::Redis(io);
+        let error = ApiError::from(Unexpected::from_error(wrapped));
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        let parse = fred::error::Error::new(fred::error::ErrorKind::Parse, "bad reply");
+        let error = ApiError::from(Unexpected::from_error(crate::bus::BusError::Redis(parse)));
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

@@ -84,15 +84,33 @@ impl Cluster {
     /// revaluing the leaderboard every 200 ms, with `overrides` (pairs of
     /// `MATCHDAY__…` variables and values) on top.
     pub async fn start(replicas: usize, overrides: &[(&str, &str)]) -> Cluster {
-        let turn = ONE_AT_A_TIME.lock().await;
         let settings = test_settings().await;
-        let database_url = settings.database.url.expose().to_string();
+        Cluster::start_on(
+            replicas,
+            settings.database.url.expose(),
+            settings.redis.url.expose(),
+            &settings.redis.key_prefix,
+            overrides,
+        )
+        .await
+    }
+
+    /// As [`Cluster::start`], on a database and Redis the caller provides
+    /// (tests/chaos restarts its own servers).
+    pub async fn start_on(
+        replicas: usize,
+        database_url: &str,
+        redis_url: &str,
+        key_prefix: &str,
+        overrides: &[(&str, &str)],
+    ) -> Cluster {
+        let turn = ONE_AT_A_TIME.lock().await;
         let database = database_url.rsplit('/').next().unwrap_or("db").to_string();
         let mut env: Vec<(String, String)> = [
-            ("MATCHDAY__DATABASE__URL", database_url.as_str()),
+            ("MATCHDAY__DATABASE__URL", database_url),
             ("MATCHDAY__DATABASE__MAX_CONNECTIONS", "8"),
-            ("MATCHDAY__REDIS__URL", settings.redis.url.expose()),
-            ("MATCHDAY__REDIS__KEY_PREFIX", &settings.redis.key_prefix),
+            ("MATCHDAY__REDIS__URL", redis_url),
+            ("MATCHDAY__REDIS__KEY_PREFIX", key_prefix),
             ("MATCHDAY__ADMIN__TOKEN", ADMIN_TOKEN),
             ("MATCHDAY__SERVER__WORKERS", "2"),
             ("MATCHDAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS", "1"),
@@ -127,7 +145,7 @@ impl Cluster {
             let port = free_port();
             let mut replica = Replica {
                 port,
-                app: remote_app(format!("http://127.0.0.1:{port}"), database_url.clone()),
+                app: remote_app(format!("http://127.0.0.1:{port}"), database_url.to_string()),
                 log: logs.join(format!("replica-{n}.log")),
                 child: None,
             };
@@ -202,6 +220,43 @@ impl Cluster {
         let mut child = self.replicas[n].child.take().expect("replica running");
         child.kill().expect("kill -9");
         child.wait().expect("reap");
+    }
+
+    /// The process id of running replica `n`.
+    #[allow(dead_code)] // tests/chaos
+    pub fn log_dir(&self) -> PathBuf {
+        self.replicas
+            .first()
+            .and_then(|r| r.log.parent())
+            .map(PathBuf::from)
+            .unwrap_or_default()
+    }
+
+    #[allow(dead_code)] // tests/chaos
+    pub fn pid(&self, n: usize) -> Option<u32> {
+        self.replicas[n].child.as_ref().map(Child::id)
+    }
+
+    /// Replicas that were running and exited without being killed here
+    /// (a panic or an abort), with their exit status.
+    #[allow(dead_code)] // tests/chaos
+    pub fn exited(&mut self) -> Vec<(usize, String)> {
+        let mut exited = Vec::new();
+        for (n, replica) in self.replicas.iter_mut().enumerate() {
+            if let Some(child) = replica.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited.push((n, status.to_string()));
+                    replica.child = None;
+                }
+            }
+        }
+        exited
+    }
+
+    /// Waits until running replica `n` answers `/readyz`.
+    #[allow(dead_code)] // tests/chaos
+    pub async fn ready(&mut self, n: usize) {
+        self.wait_ready(n).await;
     }
 
     /// Starts replica `n` again on its old port and waits until it is ready.
