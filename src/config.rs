@@ -1,7 +1,8 @@
 //! Typed configuration: `config/default.toml`, then the file named by
 //! `MATCHDAY_CONFIG`, then `MATCHDAY__SECTION__KEY` environment variables.
 //!
-//! Secrets (`admin.token`, `auth.token_secret`, passwords inside URLs) are
+//! Secrets (`admin.token`, `auth.token_secret`, `feed.webhook_secret`,
+//! passwords inside URLs) are
 //! wrapped in [`Secret`], whose `Debug` never prints the value.
 
 use std::fmt;
@@ -94,6 +95,11 @@ pub struct FeedSettings {
     pub simulator_players: usize,
     pub simulator_events_per_minute: u32,
     pub simulator_seed: u64,
+    /// Secret for `POST /api/v1/feed/webhook` (HMAC-signed pushes without
+    /// the admin token); unset disables the webhook.
+    pub webhook_secret: Option<Secret>,
+    /// How far a signature's timestamp may be from now, either way.
+    pub webhook_tolerance_seconds: u64,
 }
 
 /// Where events come from besides the push endpoint.
@@ -279,6 +285,13 @@ impl Settings {
             if token.expose().len() < 8 {
                 return Err(ConfigError::Invalid(
                     "admin.token must be at least 8 characters".into(),
+                ));
+            }
+        }
+        if let Some(secret) = &self.feed.webhook_secret {
+            if secret.expose().len() < 32 {
+                return Err(ConfigError::Invalid(
+                    "feed.webhook_secret must be at least 32 characters".into(),
                 ));
             }
         }

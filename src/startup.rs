@@ -208,6 +208,12 @@ impl Application {
             sales,
             leaderboard,
             assets: Arc::new(http::Assets::load()),
+            webhook: settings.feed.webhook_secret.clone().map(|secret| {
+                Arc::new(crate::ingest::webhook::WebhookVerifier::new(
+                    secret,
+                    settings.feed.webhook_tolerance_seconds,
+                ))
+            }),
         };
         let server = http::server(
             state,

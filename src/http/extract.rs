@@ -82,21 +82,33 @@ fn too_large() -> ApiError {
 /// 64 KiB, 400 when it is not JSON, 422 when it is JSON of the wrong shape.
 pub async fn json<T: DeserializeOwned>(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<T, ApiError> {
+    require_json(req)?;
+    parse_json(&body(req, payload).await?)
+}
+
+/// 415 unless the body is declared `application/json`.
+pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::new(
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as application/json",
-        ));
+        ))
     }
+}
+
+/// The raw body, at most 64 KiB (413 past it, declared or not).
+pub async fn body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -113,9 +125,15 @@ pub async fn json<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body.freeze())
+}
+
+/// Parses a body read by [`body`]: 400 when it is not JSON, 422 when it is
+/// JSON of the wrong shape.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // Two steps, so that "not JSON at all" (400) is told apart from "JSON
     // of the wrong shape" (422) whatever the position of the first fault.
-    let value: serde_json::Value = serde_json::from_slice(&body)
+    let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|error| ApiError::bad_request(format!("malformed JSON: {error}")))?;
     serde_json::from_value(value)
         .map_err(|error| ApiError::invalid_input(format!("invalid request body: {error}")))

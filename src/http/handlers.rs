@@ -374,6 +374,44 @@ pub async fn push_event(
 ) -> Reply {
     extract::admin(&req, &state.auth)?;
     let body: EventRequest = extract::json(&req, payload).await?;
+    apply_event(&state, body).await
+}
+
+/// `POST /api/v1/feed/webhook`: the same event as the admin push, signed
+/// with `feed.webhook_secret` instead of carrying the admin token (see
+/// `ingest::webhook`). 403 when no secret is configured; 401 for a missing,
+/// malformed, stale or wrong signature, checked before anything else of the
+/// body.
+pub async fn feed_webhook(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    let verifier = state
+        .webhook
+        .as_ref()
+        .ok_or_else(|| ApiError::forbidden("the signed feed webhook is not configured"))?;
+    let body = extract::body(&req, payload).await?;
+    let signature = req
+        .headers()
+        .get(crate::ingest::webhook::SIGNATURE_HEADER)
+        .map(|value| value.to_str().unwrap_or(""));
+    verifier
+        .verify(signature, &body, chrono::Utc::now().timestamp())
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                error.to_string(),
+            )
+        })?;
+    extract::require_json(&req)?;
+    let event: EventRequest = extract::parse_json(&body)?;
+    apply_event(&state, event).await
+}
+
+/// Validates and applies one pushed event (admin push and webhook alike).
+async fn apply_event(state: &AppState, body: EventRequest) -> Reply {
     let visible = |text: &str, max: usize| {
         !text.is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control)
     };

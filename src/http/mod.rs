@@ -51,6 +51,8 @@ pub struct AppState {
     pub leaderboard: Arc<crate::leaderboard::Leaderboard>,
     /// The embedded browser app.
     pub assets: Arc<Assets>,
+    /// Checks signed feed pushes; None when `feed.webhook_secret` is unset.
+    pub webhook: Option<Arc<crate::ingest::webhook::WebhookVerifier>>,
 }
 
 /// Registers every route of API.md, and the browser app's.
@@ -101,6 +103,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource("/admin/players").route(web::post().to(create_player)))
             .service(resource("/admin/audit").route(web::get().to(audit)))
             .service(resource("/admin/feed/events").route(web::post().to(push_event)))
+            .service(resource("/feed/webhook").route(web::post().to(feed_webhook)))
             .service(resource("/admin/sales").route(web::post().to(create_sale)))
             .service(resource("/admin/sales/{id}/audit").route(web::get().to(sale_audit)))
             .service(resource("/sales").route(web::get().to(list_sales)))

@@ -7,6 +7,7 @@
 pub mod driver;
 pub mod sportec;
 pub mod statsbomb;
+pub mod webhook;
 
 use std::collections::HashSet;
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary's app against real Postgres and Redis.
 
 mod accounts;
+mod authz;
 mod concurrency;
 mod feed;
 mod health;
@@ -14,4 +15,5 @@ mod replay;
 mod sales;
 mod trading;
 mod web;
+mod webhook;
 mod websocket;
