@@ -223,7 +223,7 @@ impl Cluster {
     }
 
     /// The process id of running replica `n`.
-    #[allow(dead_code)] // tests/chaos
+    /// Where the replicas' logs are.
     pub fn log_dir(&self) -> PathBuf {
         self.replicas
             .first()

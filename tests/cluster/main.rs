@@ -15,3 +15,4 @@ mod cluster;
 mod failover;
 mod fanout;
 mod nginx;
+mod secrets;
