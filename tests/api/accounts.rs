@@ -378,3 +378,28 @@ async fn registrations_and_logins_are_limited_per_client_ip() {
     assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(app.audit().await["users"], 3);
 }
+
+#[tokio::test]
+async fn an_expired_token_is_401_even_though_its_signature_is_good() {
+    let mut settings = test_settings().await;
+    settings.auth.token_ttl_seconds = 1;
+    let app = spawn_app_with(settings).await;
+    let user = app.register("fleeting").await;
+    assert_eq!(app.me(&user.token).await["username"], "fleeting");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    for path in ["/api/v1/me", "/api/v1/portfolio", "/api/v1/orders"] {
+        assert_error(
+            app.get(path, Some(&user.token)).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    }
+    // A socket upgrade with it is refused too.
+    let url = format!(
+        "{}/ws?token={}",
+        app.address.replace("http://", "ws://"),
+        user.token
+    );
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+}

@@ -575,7 +575,17 @@ impl RedisServer {
         let binary = env_or("MATCHDAY_TEST_REDIS_SERVER", "redis-server");
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let mut child = std::process::Command::new(&binary)
+            let mut command = std::process::Command::new(&binary);
+            // Dies with the test process, even one killed by a timeout.
+            // SAFETY: prctl is async-signal-safe and touches only the child.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = command
                 .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")

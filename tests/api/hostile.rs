@@ -265,3 +265,74 @@ async fn a_user_token_on_admin_routes_is_403_and_changes_nothing() {
     assert_error(response, StatusCode::FORBIDDEN, "forbidden").await;
     assert_eq!(books(&app, &user.token).await, before);
 }
+
+#[tokio::test]
+async fn oversized_headers_or_uris_are_refused_and_the_server_keeps_serving() {
+    let app = spawn_app().await;
+    let user = app.register("headers").await;
+    let player = app.create_player(1_000).await;
+    let before = books(&app, &user.token).await;
+    let order = json!({"player_id": player, "side": "buy", "quantity": 1});
+    // One 100 KiB header (actix alone would take it).
+    let response = app
+        .client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&user.token)
+        .header("Idempotency-Key", "big-header")
+        .header("X-Padding", "x".repeat(100 * 1024))
+        .json(&order)
+        .send()
+        .await
+        .expect("answered");
+    assert_error(
+        response,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    )
+    .await;
+    // Many small headers adding up past 16 KiB.
+    let mut request = app
+        .client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&user.token)
+        .header("Idempotency-Key", "many-headers")
+        .json(&order);
+    for n in 0..80 {
+        request = request.header(format!("x-h{n}"), "v".repeat(250));
+    }
+    let response = request.send().await.expect("answered");
+    assert_error(
+        response,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    )
+    .await;
+    // A 20 KiB query string.
+    let long = format!("/api/v1/orders?limit=1&pad={}", "p".repeat(20 * 1024));
+    assert_error(
+        app.get(&long, Some(&user.token)).await,
+        StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+    )
+    .await;
+    // Past actix's own header count limit: refused before any handler.
+    let mut request = app
+        .client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&user.token)
+        .header("Idempotency-Key", "header-count")
+        .json(&order);
+    for n in 0..200 {
+        request = request.header(format!("x-c{n}"), "v");
+    }
+    if let Ok(response) = request.send().await {
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+    assert_eq!(books(&app, &user.token).await, before);
+    // And an ordinary order still goes through.
+    let response = app.order(&user.token, "after-headers", &order).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}

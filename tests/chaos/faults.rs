@@ -112,8 +112,14 @@ pub async fn nemesis(
                 format!("replica {victim}")
             }
             Fault::KillLeaderMidDrop => {
+                // Mid-drop: wait (up to 5 s) for purchases awaiting settlement.
+                let waiting = Instant::now();
+                let mut unsettled = unsettled_units(shared).await;
+                while unsettled == 0 && waiting.elapsed() < Duration::from_secs(5) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    unsettled = unsettled_units(shared).await;
+                }
                 let leader = cluster.one_leader(Duration::from_secs(30)).await;
-                let unsettled = unsettled_units(shared).await;
                 cluster.kill(leader);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 cluster.restart(leader).await;
