@@ -247,6 +247,25 @@ impl TestApp {
 }
 
 /// Asserts the error shape and code, returning the body.
+/// Counts and sums of everything a refused request could have changed:
+/// users, players, orders, sales, purchases, ledger entries, total cash,
+/// total held, total shares, total event epochs and stored idempotency keys.
+pub const BOOK_TOTALS_SQL: &str = "SELECT
+    (SELECT count(*) FROM users), (SELECT count(*) FROM players),
+    (SELECT count(*) FROM orders), (SELECT count(*) FROM sales),
+    (SELECT count(*) FROM purchases), (SELECT count(*) FROM ledger_entries),
+    (SELECT coalesce(sum(cash_cents), 0)::bigint FROM users),
+    (SELECT coalesce(sum(held_cents), 0)::bigint FROM users),
+    (SELECT coalesce(sum(quantity), 0)::bigint FROM holdings),
+    (SELECT coalesce(sum(epoch), 0)::bigint FROM players),
+    (SELECT count(*) FROM idempotency_keys)";
+
+/// [`BOOK_TOTALS_SQL`] on the app's database.
+pub async fn book_totals(app: &TestApp) -> Vec<i64> {
+    let row = &app.sql(BOOK_TOTALS_SQL).await[0];
+    (0..row.len()).map(|i| row.get::<_, i64>(i)).collect()
+}
+
 pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
     let actual = response.status();
     let body: Value = response.json().await.expect("error body is JSON");

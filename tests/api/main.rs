@@ -11,6 +11,7 @@ mod idempotency;
 mod leaderboard;
 mod leadership;
 mod players;
+mod properties;
 mod replay;
 mod sales;
 mod trading;
