@@ -75,6 +75,16 @@ impl ApiError {
         )
     }
 
+    /// 503: Postgres or Redis is unreachable for now; nothing was decided.
+    pub fn unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "a backing service is briefly unavailable; retry shortly",
+        )
+        .retry_after(UNAVAILABLE_RETRY_AFTER_MS)
+    }
+
     /// Adds `retry_after_ms` (and a `Retry-After` header in whole seconds).
     pub fn retry_after(mut self, ms: i64) -> ApiError {
         self.retry_after_ms = Some(ms);
@@ -143,12 +153,7 @@ impl From<Unexpected> for ApiError {
         }
         if error.is_unavailable() {
             tracing::warn!(%error, "a backing service is unavailable: answering 503");
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "a backing service is briefly unavailable; retry shortly",
-            )
-            .retry_after(UNAVAILABLE_RETRY_AFTER_MS);
+            return ApiError::unavailable();
         }
         ApiError::internal(&error)
     }
@@ -236,6 +241,7 @@ impl From<crate::sales::SalesError> for ApiError {
                 "too many purchases in flight; retry shortly",
             )
             .retry_after(retry_after_ms),
+            SalesError::Unavailable => ApiError::unavailable(),
             SalesError::UnknownSale => ApiError::not_found("no such sale"),
             SalesError::UnknownPlayer => ApiError::not_found("no such player"),
             SalesError::NotSoldOut => ApiError::new(

@@ -121,6 +121,38 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(assets::fallback));
 }
 
+/// Most bytes of header names and values one request may carry (actix's own
+/// limit is far higher); nothing this API reads comes near it.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest path and query string.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// 431 or 414 for a request whose headers or URI are past the limits above.
+fn oversized(req: &actix_web::dev::ServiceRequest) -> Option<ApiError> {
+    use actix_web::http::StatusCode;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request headers are limited to {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    let uri = req.uri().path().len() + req.uri().query().map_or(0, str::len);
+    if uri > MAX_URI_BYTES {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the path and query are limited to {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    None
+}
+
 /// Builds the HTTP server on an already-bound listener.
 pub fn server(
     state: AppState,
@@ -153,6 +185,18 @@ pub fn server(
                         result
                     })
                     .instrument(span)
+            })
+            .wrap_fn(|req, service| {
+                let call = match oversized(&req) {
+                    None => Ok(service.call(req)),
+                    Some(refused) => Err(refused),
+                };
+                async move {
+                    match call {
+                        Ok(call) => call.await,
+                        Err(refused) => Err(refused.into()),
+                    }
+                }
             })
             .configure(routes)
     })

@@ -50,15 +50,37 @@ pub enum Durable {
     LimitExceeded,
     /// Some unit numbers are already sold: `free` lists the others.
     UnitsTaken { free: Vec<i64> },
-    /// Postgres could not record it; `overloaded` when the pool was
-    /// exhausted (the client is asked to retry rather than shown a 500).
-    Failed { overloaded: bool, message: String },
+    /// Postgres could not record it; `kind` says whether the client is
+    /// asked to retry (429 or 503) rather than shown a 500.
+    Failed { kind: FailureKind, message: String },
+}
+
+/// Why a batch could not be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The pool had no connection to give in time.
+    Overloaded,
+    /// Postgres could not be reached or went away mid-batch.
+    Unavailable,
+    Other,
+}
+
+impl FailureKind {
+    pub fn of(error: &crate::error::Unexpected) -> FailureKind {
+        if error.is_overload() {
+            FailureKind::Overloaded
+        } else if error.is_unavailable() {
+            FailureKind::Unavailable
+        } else {
+            FailureKind::Other
+        }
+    }
 }
 
 impl Durable {
     fn failed(message: &str) -> Durable {
         Durable::Failed {
-            overloaded: false,
+            kind: FailureKind::Other,
             message: message.to_string(),
         }
     }
@@ -180,12 +202,12 @@ async fn run(
                 Ok(outcomes) => outcomes,
                 Err(error) => {
                     tracing::warn!(%error, size = reservations.len(), "a reservation batch failed");
-                    let overloaded = error.is_overload();
+                    let kind = FailureKind::of(&error);
                     let message = error.to_string();
                     reservations
                         .iter()
                         .map(|_| Durable::Failed {
-                            overloaded,
+                            kind,
                             message: message.clone(),
                         })
                         .collect()
@@ -202,6 +224,21 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Unexpected;
+
+    #[test]
+    fn a_lost_database_is_unavailable_an_exhausted_pool_overloaded() {
+        let closed = Unexpected::from_error(deadpool_postgres::PoolError::Closed);
+        assert_eq!(FailureKind::of(&closed), FailureKind::Unavailable);
+        let timeout = Unexpected::from_error(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Wait,
+        ));
+        assert_eq!(FailureKind::of(&timeout), FailureKind::Overloaded);
+        assert_eq!(
+            FailureKind::of(&Unexpected::msg("constraint violated")),
+            FailureKind::Other
+        );
+    }
 
     fn reservation(sale_id: i64, user: i64, seq: i64, remaining: i64) -> Reservation {
         Reservation {

@@ -44,7 +44,7 @@ use crate::config::SalesSettings;
 use crate::domain::{Cents, PlayerId, Quantity, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::IdempotencyKey;
-use batcher::{Batcher, Durable};
+use batcher::{Batcher, Durable, FailureKind};
 use book::Book;
 
 /// Endpoint name that scopes idempotency keys of purchases.
@@ -218,6 +218,12 @@ pub enum SalesError {
     KeyReused,
     #[error("too many purchases in flight; retry shortly")]
     Overloaded { retry_after_ms: i64 },
+    /// Postgres could not be reached while recording the reservation (503).
+    /// Its units went back to Redis; a retry with the same key finds out
+    /// whether Postgres kept the purchase after all (a commit whose answer
+    /// was lost) and replays it, or places it again.
+    #[error("the database is unavailable")]
+    Unavailable,
     #[error("no such sale")]
     UnknownSale,
     #[error("no such player")]
@@ -682,15 +688,13 @@ impl SalesService {
                 self.recovery.rebuild_soon(info.clone(), generation);
                 Ok(Some(Placed::Rejected(PurchaseRejection::SoldOut)))
             }
-            Durable::Failed {
-                overloaded,
-                message,
-            } => {
+            Durable::Failed { kind, message } => {
                 give_back(numbers, true).await;
-                if overloaded {
-                    return Err(overloaded_error());
+                match kind {
+                    FailureKind::Overloaded => Err(overloaded_error()),
+                    FailureKind::Unavailable => Err(SalesError::Unavailable),
+                    FailureKind::Other => Err(SalesError::Unexpected(Unexpected::msg(message))),
                 }
-                Err(SalesError::Unexpected(Unexpected::msg(message)))
             }
         }
     }

@@ -424,7 +424,7 @@ impl PgSales {
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| Durable::Failed {
-                    overloaded: false,
+                    kind: super::batcher::FailureKind::Other,
                     message: "reservation left without an outcome".into(),
                 })
             })
