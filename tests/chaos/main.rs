@@ -50,12 +50,14 @@ async fn the_books_survive_every_fault() {
     eprintln!("chaos: {run_for:?} of faults, MATCHDAY_CHAOS_SEED={seed}");
 
     let mut postgres = PgServer::start().await;
-    postgres.create_database("chaos").await;
+    // Named per run, so each run's replica logs get a directory of their own.
+    let database = format!("chaos_{}", uuid::Uuid::new_v4().simple());
+    postgres.create_database(&database).await;
     let mut redis = RedisServer::start().await;
     let starting = STARTING_BALANCE_CENTS.to_string();
     let mut cluster = Cluster::start_on(
         3,
-        &postgres.url("chaos"),
+        &postgres.url(&database),
         &redis.url(),
         "chaos:",
         &[
