@@ -103,9 +103,39 @@ struct ClientOp {
     channels: Vec<String>,
 }
 
+/// A client's text frame, parsed (channel names are checked one by one
+/// later, with [`parse_channel`], so valid ones in a request still count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    Ping,
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+}
+
+/// Why a client's text frame was not understood: the `error` frame's code
+/// and message.
+pub type MessageError = (&'static str, &'static str);
+
+/// Parses a client's text frame. Pure, so it is fuzzed on its own
+/// (`fuzz/fuzz_targets/ws_message.rs`).
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, MessageError> {
+    let op: ClientOp = serde_json::from_str(text).map_err(|_| {
+        (
+            "bad_request",
+            "expected {\"op\": \"subscribe\"|\"unsubscribe\"|\"ping\", \"channels\": [...]}",
+        )
+    })?;
+    match op.op.as_str() {
+        "ping" => Ok(ClientMessage::Ping),
+        "subscribe" => Ok(ClientMessage::Subscribe(op.channels)),
+        "unsubscribe" => Ok(ClientMessage::Unsubscribe(op.channels)),
+        _ => Err(("bad_request", "unknown op")),
+    }
+}
+
 /// A channel a client can name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Channel {
+pub enum Channel {
     Player(i64),
     Sale(i64),
     Events,
@@ -113,7 +143,8 @@ enum Channel {
     Leaderboard,
 }
 
-fn parse_channel(name: &str) -> Option<Channel> {
+/// The channel `name` denotes, if any.
+pub fn parse_channel(name: &str) -> Option<Channel> {
     match name {
         "events" => Some(Channel::Events),
         "user" => Some(Channel::User),
@@ -180,21 +211,11 @@ impl Socket {
     }
 
     fn handle_text(&mut self, text: &str) -> Vec<ByteString> {
-        let op: ClientOp = match serde_json::from_str(text) {
-            Ok(op) => op,
-            Err(_) => {
-                return vec![error_message(
-                "bad_request",
-                "expected {\"op\": \"subscribe\"|\"unsubscribe\"|\"ping\", \"channels\": [...]}",
-                None,
-            )]
-            }
-        };
-        match op.op.as_str() {
-            "ping" => vec![ByteString::from_static("{\"type\":\"pong\"}")],
-            "subscribe" => self.subscribe(&op.channels),
-            "unsubscribe" => self.unsubscribe(&op.channels),
-            _ => vec![error_message("bad_request", "unknown op", None)],
+        match parse_client_message(text) {
+            Ok(ClientMessage::Ping) => vec![ByteString::from_static("{\"type\":\"pong\"}")],
+            Ok(ClientMessage::Subscribe(channels)) => self.subscribe(&channels),
+            Ok(ClientMessage::Unsubscribe(channels)) => self.unsubscribe(&channels),
+            Err((code, message)) => vec![error_message(code, message, None)],
         }
     }
 
