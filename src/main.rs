@@ -71,8 +71,8 @@ async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
 /// threshold to the size of the largest block freed so far, so after the
 /// first password hash each 19 MiB argon2id buffer comes from a per-thread
 /// arena and stays resident when freed: 300 registrations left a replica
-/// at 1.19 GB RSS, against 23 MB with the threshold pinned (BENCHMARKS.md,
-/// "Memory"). Pinning it also turns off that adjustment; blocks past 1 MiB
+/// at 1.19 GB RSS, against 23 MB with the threshold pinned
+/// (RELIABILITY.md). Pinning it also turns off that adjustment; blocks past 1 MiB
 /// go back to the kernel when freed.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
