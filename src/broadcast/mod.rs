@@ -13,6 +13,7 @@
 //! Never computes prices and never touches Postgres except to resynchronise
 //! the price table.
 
+mod frames;
 pub mod messages;
 pub mod ws;
 
@@ -512,7 +513,26 @@ pub fn accept(
     limits: ws::SocketLimits,
     max_connections: usize,
 ) -> Result<actix_web::HttpResponse, AcceptError> {
+    use actix_web::FromRequest;
+    use futures_util::FutureExt;
+
     let slot = hub.admit(max_connections).ok_or(AcceptError::Full)?;
+    // actix-ws only sees the bytes after the frame guard has measured them.
+    let payload: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>,
+            >,
+        >,
+    > = Box::pin(frames::Guarded::new(
+        body.into_inner(),
+        ws::MAX_CLIENT_FRAME_BYTES,
+    ));
+    let mut guarded = actix_web::dev::Payload::Stream { payload };
+    let body = actix_web::web::Payload::from_request(req, &mut guarded)
+        .now_or_never()
+        .and_then(Result::ok)
+        .ok_or(AcceptError::NotWebSocket)?;
     let (response, session, stream) =
         actix_ws::handle(req, body).map_err(|_| AcceptError::NotWebSocket)?;
     let hub = hub.clone();

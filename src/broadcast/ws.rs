@@ -535,6 +535,9 @@ pub(super) async fn run(
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(ProtocolError::Overflow)) => break Some((CloseCode::Size, "frame too large")),
+                    Some(Err(ProtocolError::Io(error))) if super::frames::is_overflow(&error) => {
+                        break Some((CloseCode::Size, "frame too large"))
+                    }
                     Some(Err(_)) => break Some((CloseCode::Protocol, "protocol error")),
                 };
                 let mut delivered = true;

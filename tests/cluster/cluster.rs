@@ -222,7 +222,6 @@ impl Cluster {
         child.wait().expect("reap");
     }
 
-    /// The process id of running replica `n`.
     /// Where the replicas' logs are.
     pub fn log_dir(&self) -> PathBuf {
         self.replicas
@@ -232,7 +231,7 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    #[allow(dead_code)] // tests/chaos
+    /// The process id of running replica `n`.
     pub fn pid(&self, n: usize) -> Option<u32> {
         self.replicas[n].child.as_ref().map(Child::id)
     }

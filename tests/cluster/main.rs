@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod abuse;
 mod books;
 mod cluster;
 mod failover;
