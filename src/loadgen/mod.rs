@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 
 const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TOKEN] [--users N]
                                [--players N] [--concurrency N] [--duration SECONDS]
+                               [--window SECONDS] [--server-pid PID]
        matchday loadgen ws [options]           (see `matchday loadgen ws --help`)
        matchday loadgen ws-baseline [options]  (see `matchday loadgen ws-baseline --help`)
        matchday loadgen http [options]         (see `matchday loadgen http --help`)
@@ -41,6 +42,8 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
 
 orders: creates users and players through the admin API, then places random
 orders with N requests in flight and prints orders/s and latency percentiles.
+With --window, also one JSON line per window of that many seconds (for soaks),
+with the server's RSS when --server-pid is given.
 
 ws: opens N WebSocket subscribers (spread over several URLs and loopback source
 addresses) and prints frames/s, tick latency, seq-order violations, error and
@@ -68,6 +71,9 @@ struct Options {
     players: usize,
     concurrency: usize,
     duration: Duration,
+    /// Report every window as well as the whole run.
+    window: Option<Duration>,
+    server_pid: Option<u32>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -78,6 +84,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         players: 10,
         concurrency: 32,
         duration: Duration::from_secs(10),
+        window: None,
+        server_pid: None,
     };
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
@@ -93,6 +101,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--players" => options.players = number(value()?)?.max(1),
             "--concurrency" => options.concurrency = number(value()?)?.max(1),
             "--duration" => options.duration = Duration::from_secs(number(value()?)? as u64),
+            "--window" => {
+                options.window = Some(Duration::from_secs(number(value()?)?.max(1) as u64))
+            }
+            "--server-pid" => {
+                let pid = number(value()?)?;
+                options.server_pid = Some(u32::try_from(pid).map_err(|_| "--server-pid: bad pid")?)
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -162,6 +177,56 @@ struct Worker {
     statuses: BTreeMap<u16, u64>,
 }
 
+/// What every worker adds to while a `--window` runs; the reporter takes it
+/// at the end of each window.
+type Window = Arc<std::sync::Mutex<Worker>>;
+
+fn new_worker() -> Worker {
+    Worker {
+        latencies: Histogram::new(3).unwrap_or_else(|_| unreachable!()),
+        statuses: BTreeMap::new(),
+    }
+}
+
+/// Resident memory of `pid` in MiB, from /proc.
+fn rss_mib(pid: u32) -> Option<f64> {
+    ws::rss_kib(&[pid]).map(|kib| (kib as f64 / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// Prints one line per window: requests, latency percentiles, statuses and
+/// the server's RSS, until `deadline`.
+async fn report_windows(window: Window, every: Duration, deadline: Instant, pid: Option<u32>) {
+    let started = Instant::now();
+    let mut last = started;
+    while last < deadline {
+        // The last window ends with the run, so it may be shorter.
+        let end = (last + every).min(deadline);
+        tokio::time::sleep_until(end.into()).await;
+        let taken = match window.lock() {
+            Ok(mut open) => std::mem::replace(&mut *open, new_worker()),
+            Err(_) => return,
+        };
+        let seconds = end.duration_since(last).as_secs_f64().max(0.001);
+        last = end;
+        let total: u64 = taken.statuses.values().sum();
+        println!(
+            "{}",
+            json!({
+                "scenario": "orders-window",
+                "at_s": end.duration_since(started).as_secs(),
+                "seconds": (seconds * 10.0).round() / 10.0,
+                "requests": total,
+                "requests_per_sec": (total as f64 / seconds).round(),
+                "p50_ms": taken.latencies.value_at_quantile(0.50) as f64 / 1000.0,
+                "p99_ms": taken.latencies.value_at_quantile(0.99) as f64 / 1000.0,
+                "max_ms": taken.latencies.max() as f64 / 1000.0,
+                "statuses": taken.statuses,
+                "server_rss_mib": pid.and_then(rss_mib),
+            })
+        );
+    }
+}
+
 async fn orders(options: Options) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
@@ -221,17 +286,21 @@ async fn orders(options: Options) -> Result<(), String> {
     );
     let started = Instant::now();
     let deadline = started + options.duration;
+    let window: Option<Window> = options
+        .window
+        .map(|_| Arc::new(std::sync::Mutex::new(new_worker())));
+    let reporter = window.clone().zip(options.window).map(|(open, every)| {
+        tokio::spawn(report_windows(open, every, deadline, options.server_pid))
+    });
     let mut handles = Vec::new();
     for worker in 0..options.concurrency {
         let client = client.clone();
         let tokens = tokens.clone();
         let players = players.clone();
         let url = api("/orders");
+        let window = window.clone();
         handles.push(tokio::spawn(async move {
-            let mut stats = Worker {
-                latencies: Histogram::new(3).unwrap_or_else(|_| unreachable!()),
-                statuses: BTreeMap::new(),
-            };
+            let mut stats = new_worker();
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let (token, player, side, quantity) = {
@@ -261,6 +330,10 @@ async fn orders(options: Options) -> Result<(), String> {
                 };
                 let _ = stats.latencies.record(micros.max(1));
                 *stats.statuses.entry(status).or_default() += 1;
+                if let Some(Ok(mut open)) = window.as_ref().map(|w| w.lock()) {
+                    let _ = open.latencies.record(micros.max(1));
+                    *open.statuses.entry(status).or_default() += 1;
+                }
             }
             stats
         }));
@@ -273,6 +346,9 @@ async fn orders(options: Options) -> Result<(), String> {
         for (status, count) in stats.statuses {
             *statuses.entry(status).or_default() += count;
         }
+    }
+    if let Some(reporter) = reporter {
+        let _ = reporter.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let total: u64 = statuses.values().sum();
@@ -303,6 +379,7 @@ async fn orders(options: Options) -> Result<(), String> {
         "max_ms": latencies.max() as f64 / 1000.0,
         "statuses": statuses,
         "audit_ok": audit["ok"],
+        "server_rss_mib": options.server_pid.and_then(rss_mib),
     });
     println!("{report}");
     if audit["ok"] != json!(true) {

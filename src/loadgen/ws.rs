@@ -582,7 +582,7 @@ async fn run_socket(
 }
 
 /// Sum of VmRSS (KiB) over `pids`; `None` if there are none or one is unreadable.
-fn rss_kib(pids: &[u32]) -> Option<u64> {
+pub fn rss_kib(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }

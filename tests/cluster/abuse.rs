@@ -44,18 +44,7 @@ const BYTES_PER_SLEEPER: u64 = 32 * 20 * 1024;
 const RESIDUE_BYTES: u64 = 48 * 1024 * 1024;
 
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+    matchday::loadgen::ws::rss_kib(&[pid]).map_or(0, |kib| kib * 1024)
 }
 
 /// Lets this test process hold a few thousand sockets.
