@@ -151,6 +151,17 @@ ensure_rust() {
   fi
 }
 
+# ensure_cargo_tool NAME VERSION: `cargo install NAME` at exactly VERSION
+# unless that version is already on PATH (compiled from crates.io: the
+# machine reaches the package registries, not GitHub's release downloads).
+ensure_cargo_tool() {
+  local name="$1" version="$2"
+  if ! "$name" --version 2>/dev/null | grep -qF " $version"; then
+    log "installing $name $version (cargo install, a few minutes)"
+    cargo install "$name" --locked --version "$version"
+  fi
+}
+
 ensure_services() {
   ensure_packages
   start_postgres
