@@ -74,10 +74,14 @@ pub struct AccountSettings {
     pub starting_balance_cents: i64,
 }
 
+/// Longest `trading.max_feed_lag_seconds` (and fairness review lag) accepted.
+pub const MAX_FEED_LAG_SECONDS: u64 = 600;
+
 /// Orders and their guarantees.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TradingSettings {
     pub lock_seconds: u64,
+    pub max_feed_lag_seconds: u64,
     pub idempotency_retention_hours: u64,
 }
 
@@ -287,6 +291,11 @@ impl Settings {
                     "admin.token must be at least 8 characters".into(),
                 ));
             }
+        }
+        if self.trading.max_feed_lag_seconds > MAX_FEED_LAG_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "trading.max_feed_lag_seconds must be at most {MAX_FEED_LAG_SECONDS}"
+            )));
         }
         if let Some(secret) = &self.feed.webhook_secret {
             if secret.expose().len() < 32 {

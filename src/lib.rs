@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod fairness;
 pub mod http;
 pub mod idempotency;
 pub mod ingest;

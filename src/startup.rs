@@ -191,6 +191,7 @@ impl Application {
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let state = AppState {
+            max_feed_lag_seconds: settings.trading.max_feed_lag_seconds,
             auth,
             trading,
             players,

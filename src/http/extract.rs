@@ -142,16 +142,30 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 /// The `limit` query parameter: not an integer → 400, below 1 → 422, above
 /// `max` → clamped, absent → `default`.
 pub fn limit(req: &HttpRequest, default: i64, max: i64) -> Result<i64, ApiError> {
+    query_int(req, "limit", default, 1, max)
+}
+
+/// The integer query parameter `name`: `default` when absent, at least
+/// `min` (422 below it), capped at `max`; 400 when not an integer.
+pub fn query_int(
+    req: &HttpRequest,
+    name: &str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map_err(|_| ApiError::bad_request("malformed query string"))?;
-    let Some(raw) = query.get("limit") else {
+    let Some(raw) = query.get(name) else {
         return Ok(default);
     };
     let value: i64 = raw
         .parse()
-        .map_err(|_| ApiError::bad_request("limit must be an integer"))?;
-    if value < 1 {
-        return Err(ApiError::invalid_input("limit must be at least 1"));
+        .map_err(|_| ApiError::bad_request(format!("{name} must be an integer")))?;
+    if value < min {
+        return Err(ApiError::invalid_input(format!(
+            "{name} must be at least {min}"
+        )));
     }
     Ok(value.min(max))
 }

@@ -364,6 +364,34 @@ pub async fn audit(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     Ok(HttpResponse::Ok().json(AuditResponse::from(report)))
 }
 
+/// Default and maximum `limit` of the fairness review's accounts.
+const SUSPECTS_LIMIT: (i64, i64) = (50, 500);
+/// Fills of evidence shown per account.
+const SUSPECT_EVIDENCE: usize = 20;
+
+/// `GET /api/v1/admin/fairness/suspects`: accounts whose fills land ahead
+/// of the events that favour them more often than chance (see
+/// `fairness`). `lag_seconds` (default `trading.max_feed_lag_seconds`),
+/// `min_fills` (default 5) and `limit` narrow it.
+pub async fn fairness_suspects(state: web::Data<AppState>, req: HttpRequest) -> Reply {
+    extract::admin(&req, &state.auth)?;
+    let max_lag = crate::config::MAX_FEED_LAG_SECONDS as i64;
+    let query = crate::fairness::ReviewQuery {
+        lag_seconds: extract::query_int(
+            &req,
+            "lag_seconds",
+            state.max_feed_lag_seconds as i64,
+            0,
+            max_lag,
+        )?,
+        min_fills: extract::query_int(&req, "min_fills", 5, 1, i64::MAX)?,
+        limit: extract::limit(&req, SUSPECTS_LIMIT.0, SUSPECTS_LIMIT.1)?,
+        evidence: SUSPECT_EVIDENCE,
+    };
+    let review = crate::fairness::pg::review(&state.pool, query).await?;
+    Ok(HttpResponse::Ok().json(review))
+}
+
 /// Longest `event_id` accepted.
 const MAX_EVENT_ID_CHARS: usize = 200;
 

@@ -53,6 +53,8 @@ pub struct AppState {
     pub assets: Arc<Assets>,
     /// Checks signed feed pushes; None when `feed.webhook_secret` is unset.
     pub webhook: Option<Arc<crate::ingest::webhook::WebhookVerifier>>,
+    /// `trading.max_feed_lag_seconds`: the fairness review's default lag.
+    pub max_feed_lag_seconds: u64,
 }
 
 /// Registers every route of API.md, and the browser app's.
@@ -102,6 +104,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(resource("/admin/users/bulk").route(web::post().to(bulk_users)))
             .service(resource("/admin/players").route(web::post().to(create_player)))
             .service(resource("/admin/audit").route(web::get().to(audit)))
+            .service(resource("/admin/fairness/suspects").route(web::get().to(fairness_suspects)))
             .service(resource("/admin/feed/events").route(web::post().to(push_event)))
             .service(resource("/feed/webhook").route(web::post().to(feed_webhook)))
             .service(resource("/admin/sales").route(web::post().to(create_sale)))

@@ -180,6 +180,12 @@ async fn only_the_allowed_cells_of_every_endpoint_succeed_and_refusals_change_no
         ),
         endpoint(
             Method::GET,
+            "/api/v1/admin/fairness/suspects".into(),
+            Access::Admin,
+            200,
+        ),
+        endpoint(
+            Method::GET,
             format!("/api/v1/admin/sales/{sale}/audit"),
             Access::Admin,
             200,

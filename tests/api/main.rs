@@ -3,6 +3,7 @@
 mod accounts;
 mod authz;
 mod concurrency;
+mod fairness;
 mod feed;
 mod health;
 mod helpers;
