@@ -34,6 +34,9 @@ pub struct Evidence {
     /// new price less the fill's, for a sell the other way round, times the
     /// quantity.
     pub gain_cents: i64,
+    /// The event is a provider's correction withdrawing an earlier one
+    /// (`kind` is the withdrawn event's).
+    pub correction: bool,
 }
 
 /// An account worth a look.

@@ -6,19 +6,23 @@ use deadpool_postgres::Pool;
 
 use super::{score, Evidence, Review, ReviewQuery, Suspect};
 use crate::error::Unexpected;
+use crate::pricing::CORRECTION_SUFFIX;
 
 /// Every fill ahead of an applied, unreverted event on its player that
 /// moved the price its way (`$1`: the lag in seconds), one row per fill
 /// (its earliest such event). Driven by the events, whose players' fills
-/// are found through `orders_player_executed`.
+/// are found through `orders_player_executed`. A provider's correction (an
+/// event withdrawn, `$3` the suffix of its row) counts too: the ground sees
+/// a disallowed goal before the feed does.
 const AHEAD: &str = "
     SELECT DISTINCT ON (o.id)
            o.id, o.user_id, o.player_id, o.side, o.quantity, o.price_cents, o.executed_at,
            e.event_id, e.kind, e.occurred_at, e.applied_at, e.price_before, e.price_after,
            LEAST(GREATEST(
-               CASE WHEN o.side = 'buy' THEN e.price_after - o.price_cents
-                    ELSE o.price_cents - e.price_after END::numeric * o.quantity,
-               -9223372036854775808), 9223372036854775807)::bigint AS gain
+               CASE WHEN o.side = 'buy' THEN e.price_after::numeric - o.price_cents
+                    ELSE o.price_cents::numeric - e.price_after END * o.quantity,
+               -9223372036854775808), 9223372036854775807)::bigint AS gain,
+           right(e.event_id, length($3::text)) = $3::text AS correction
       FROM feed_events e
       JOIN orders o
         ON o.player_id = e.player_id
@@ -42,7 +46,8 @@ pub async fn review(pool: &Pool, query: ReviewQuery) -> Result<Review, Unexpecte
             &format!(
                 "WITH ahead AS ({AHEAD}),
                       per_user AS (SELECT user_id, count(*) AS ahead,
-                                          LEAST(sum(gain::numeric), 9223372036854775807)::bigint AS edge
+                                          GREATEST(LEAST(sum(gain::numeric), 9223372036854775807),
+                                                   -9223372036854775808)::bigint AS edge
                                      FROM ahead GROUP BY user_id),
                       fills AS (SELECT user_id, count(*) AS fills
                                   FROM orders WHERE status = 'filled' GROUP BY user_id),
@@ -57,7 +62,7 @@ pub async fn review(pool: &Pool, query: ReviewQuery) -> Result<Review, Unexpecte
                                 JOIN users u ON u.id = p.user_id
                                WHERE f.fills >= $2) s ON true"
             ),
-            &[&lag, &query.min_fills],
+            &[&lag, &query.min_fills, &CORRECTION_SUFFIX],
         )
         .await?;
     let (fills, ahead) = rows
@@ -100,7 +105,7 @@ pub async fn review(pool: &Pool, query: ReviewQuery) -> Result<Review, Unexpecte
             &format!(
                 "SELECT * FROM ({AHEAD}) ahead WHERE user_id = ANY($2) ORDER BY executed_at DESC, id DESC"
             ),
-            &[&lag, &ids],
+            &[&lag, &ids, &CORRECTION_SUFFIX],
         )
         .await?;
     let mut evidence: HashMap<i64, Vec<Evidence>> = HashMap::new();
@@ -121,6 +126,7 @@ pub async fn review(pool: &Pool, query: ReviewQuery) -> Result<Review, Unexpecte
                 price_before_cents: row.get(11),
                 price_after_cents: row.get(12),
                 gain_cents: row.get(13),
+                correction: row.get(14),
             });
         }
     }

@@ -14,6 +14,9 @@ mod pg;
 pub mod rules;
 pub mod ticker;
 
+/// A correction's event id is its original's with this suffix.
+pub const CORRECTION_SUFFIX: &str = ":deleted";
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

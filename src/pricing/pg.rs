@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 
 use super::{
     Applied, AppliedEvent, ListedPlayer, NewEvent, PriceStore, PricingError, PricingRules,
-    RecordedEvent, Tick,
+    RecordedEvent, Tick, CORRECTION_SUFFIX,
 };
 use crate::domain::{Cents, PlayerId};
 use crate::error::Unexpected;
@@ -100,9 +100,6 @@ async fn move_locked_player(
     .await?;
     Ok(applied)
 }
-
-/// A correction's event id is its original's with this suffix.
-const CORRECTION_SUFFIX: &str = ":deleted";
 
 #[async_trait]
 impl PriceStore for PgPrices {
