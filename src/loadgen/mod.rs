@@ -17,6 +17,7 @@
 
 pub mod baseline;
 pub mod drop;
+pub mod fairness;
 pub mod http;
 pub mod leaderboard;
 pub mod ws;
@@ -39,6 +40,7 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
        matchday loadgen http-baseline [options] (see `matchday loadgen http-baseline --help`)
        matchday loadgen drop [options]         (see `matchday loadgen drop --help`)
        matchday loadgen leaderboard [options]  (see `matchday loadgen leaderboard --help`)
+       matchday loadgen fairness [options]     (see `matchday loadgen fairness --help`)
 
 orders: creates users and players through the admin API, then places random
 orders with N requests in flight and prints orders/s and latency percentiles.
@@ -62,7 +64,11 @@ settled, and PASS/FAIL correctness checks; exits non-zero on any FAIL.
 
 leaderboard: seeds users with holdings, or reads the leaderboard at a fixed
 rate while prices tick and prints read latencies, as_of ages and the server's
-revaluation cycle figures.";
+revaluation cycle figures.
+
+fairness: the courtsider simulation: replays a match, pushing each event
+15-40 s (scaled) after it happened, while courtsiders trade on it early and
+honest traders trade at random; prints each group's mean profit per trade.";
 
 struct Options {
     url: String,
@@ -160,11 +166,84 @@ pub async fn main(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("leaderboard") => leaderboard::main(&args[1..]).await,
+        Some("fairness") if wants_help(&args[1..]) => {
+            println!("{}", fairness::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("fairness") => fairness::main(&args[1..]).await,
         _ => {
             println!("{HELP}");
             ExitCode::from(2)
         }
     }
+}
+
+/// A POST to an admin endpoint that must succeed; its JSON answer.
+pub(crate) async fn admin_post(
+    client: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    body: &Value,
+    what: &str,
+) -> Result<Value, String> {
+    client
+        .post(url)
+        .header("authorization", admin)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .error_for_status()
+        .map_err(|e| format!("{what}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A GET of an admin endpoint; its JSON answer.
+pub(crate) async fn admin_get(
+    client: &reqwest::Client,
+    url: &str,
+    admin: &str,
+) -> Result<Value, String> {
+    client
+        .get(url)
+        .header("authorization", admin)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `count` users with a large balance through `/admin/users/bulk`; their
+/// tokens.
+pub(crate) async fn bulk_users(
+    client: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    count: usize,
+    prefix: &str,
+) -> Result<Vec<String>, String> {
+    let created = admin_post(
+        client,
+        url,
+        admin,
+        &json!({"count": count, "prefix": prefix, "balance_cents": 100_000_000}),
+        "creating users",
+    )
+    .await?;
+    let tokens: Vec<String> = created["users"]
+        .as_array()
+        .ok_or("no users")?
+        .iter()
+        .filter_map(|u| u["token"].as_str().map(String::from))
+        .collect();
+    if tokens.len() < count {
+        return Err("fewer users than asked for".into());
+    }
+    Ok(tokens)
 }
 
 fn wants_help(args: &[String]) -> bool {
@@ -238,42 +317,29 @@ async fn orders(options: Options) -> Result<(), String> {
 
     let mut players = Vec::new();
     for n in 0..options.players {
-        let created: Value = client
-            .post(api("/admin/players"))
-            .header("authorization", &admin)
-            .json(
-                &json!({"name": format!("Load Player {n}"), "team": "Load FC",
-                          "position": "MF", "price_cents": 1_000 + 100 * n as i64}),
-            )
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .error_for_status()
-            .map_err(|e| format!("creating players (is --admin-token right?): {e}"))?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let created = admin_post(
+            &client,
+            &api("/admin/players"),
+            &admin,
+            &json!({"name": format!("Load Player {n}"), "team": "Load FC",
+                    "position": "MF", "price_cents": 1_000 + 100 * n as i64}),
+            "creating players (is --admin-token right?)",
+        )
+        .await?;
         players.push(created["id"].as_i64().ok_or("player without id")?);
     }
     let prefix = format!("lg{}_", rand::thread_rng().gen_range(0..1_000_000));
-    let created: Value = client
-        .post(api("/admin/users/bulk"))
-        .header("authorization", &admin)
-        .json(&json!({"count": options.users, "prefix": prefix, "balance_cents": 100_000_000}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .error_for_status()
-        .map_err(|e| format!("creating users: {e}"))?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
-    let tokens: Vec<String> = created["users"]
-        .as_array()
-        .ok_or("no users")?
-        .iter()
-        .filter_map(|u| u["token"].as_str().map(|t| format!("Bearer {t}")))
-        .collect();
+    let tokens: Vec<String> = bulk_users(
+        &client,
+        &api("/admin/users/bulk"),
+        &admin,
+        options.users,
+        &prefix,
+    )
+    .await?
+    .into_iter()
+    .map(|token| format!("Bearer {token}"))
+    .collect();
     let tokens = Arc::new(tokens);
     let players = Arc::new(players);
 
@@ -356,15 +422,7 @@ async fn orders(options: Options) -> Result<(), String> {
     // selling shares the user does not hold): both committed a transaction.
     let filled = statuses.get(&201).copied().unwrap_or(0);
     let completed = filled + statuses.get(&409).copied().unwrap_or(0);
-    let audit: Value = client
-        .get(api("/admin/audit"))
-        .header("authorization", &admin)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+    let audit = admin_get(&client, &api("/admin/audit"), &admin).await?;
     let report = json!({
         "scenario": "orders",
         "concurrency": options.concurrency,

@@ -9,17 +9,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn filled(app: &TestApp, user: &User, key: &str, player: i64, side: &str, quantity: i64) {
-    let response = app
-        .order(
-            &user.token,
-            key,
-            &json!({"player_id": player, "side": side, "quantity": quantity}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED, "{key}");
-}
-
 async fn review(app: &TestApp, query: &str) -> Value {
     let response = app
         .get(
@@ -43,17 +32,17 @@ async fn fills_just_ahead_of_the_events_that_favour_them_put_an_account_on_revie
     );
     // Long before anything happens: both hold some of each.
     for (n, player) in [a, b, c].into_iter().enumerate() {
-        filled(&app, &honest, &format!("h{n}"), player, "buy", 1).await;
+        app.trade(&honest, "buy", player, 1, &format!("h{n}")).await;
     }
-    filled(&app, &courtsider, "c0", c, "buy", 2).await;
+    app.trade(&courtsider, "buy", c, 2, "c0").await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
 
     // At the ground: goals for A and B, a red card for C. The courtsider
     // buys A and B and sells C before the feed delivers any of it.
     let occurred = Utc::now() - chrono::Duration::milliseconds(500);
-    filled(&app, &courtsider, "c1", a, "buy", 2).await;
-    filled(&app, &courtsider, "c2", b, "buy", 2).await;
-    filled(&app, &courtsider, "c3", c, "sell", 2).await;
+    app.trade(&courtsider, "buy", a, 2, "c1").await;
+    app.trade(&courtsider, "buy", b, 2, "c2").await;
+    app.trade(&courtsider, "sell", c, 2, "c3").await;
     for (player, kind) in [(a, "goal"), (b, "goal"), (c, "red_card")] {
         let response = app
             .post_json(

@@ -202,6 +202,18 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// An order of `user`'s that must fill (201).
+    pub async fn trade(&self, user: &User, side: &str, player: i64, quantity: i64, key: &str) {
+        let response = self
+            .order(
+                &user.token,
+                key,
+                &json!({"player_id": player, "side": side, "quantity": quantity}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{side} {key}");
+    }
+
     pub async fn me(&self, token: &str) -> Value {
         let response = self.get("/api/v1/me", Some(token)).await;
         assert_eq!(response.status(), StatusCode::OK);

@@ -57,19 +57,8 @@ async fn leaderboard_until(
     panic!("{what}: not within {deadline:?}; last: {last:?}");
 }
 
-async fn trade(app: &TestApp, user: &User, side: &str, player: i64, quantity: i64, key: &str) {
-    let response = app
-        .order(
-            &user.token,
-            key,
-            &json!({"player_id": player, "side": side, "quantity": quantity}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED, "{side} {key}");
-}
-
 async fn buy(app: &TestApp, user: &User, player: i64, quantity: i64, key: &str) {
-    trade(app, user, "buy", player, quantity, key).await;
+    app.trade(user, "buy", player, quantity, key).await;
 }
 
 /// The ranking every user's `/portfolio` implies: net worth descending,
@@ -148,7 +137,8 @@ async fn rankings_match_every_users_portfolio_after_prices_move() {
         )
         .await;
         if n % 2 == 0 {
-            trade(&app, user, "sell", players[0], n / 2, &format!("c{n}")).await;
+            app.trade(user, "sell", players[0], n / 2, &format!("c{n}"))
+                .await;
         }
     }
     // And a completed drop purchase.
