@@ -83,6 +83,28 @@ pub struct TradingSettings {
     pub lock_seconds: u64,
     pub max_feed_lag_seconds: u64,
     pub idempotency_retention_hours: u64,
+    /// What stops a trade made with knowledge the feed has not delivered.
+    pub fairness_policy: FairnessPolicy,
+    /// `delay`: how long every order waits before it fills.
+    pub delay_seconds: f64,
+}
+
+/// Longest `trading.delay_seconds` accepted.
+pub const MAX_DELAY_SECONDS: f64 = 600.0;
+
+/// `trading.fairness_policy`: how orders are protected from the feed's lag
+/// (README, "Fairness policies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FairnessPolicy {
+    /// Orders fill at once; only the trade lock after an event applies.
+    Lock,
+    /// Orders wait `delay_seconds`, then fill at the price then, unless an
+    /// event on the player occurred during the wait.
+    Delay,
+    /// Orders fill at once but stay provisional for `max_feed_lag_seconds`;
+    /// an event that occurred before a provisional fill voids it.
+    VoidWindow,
 }
 
 /// Built-in match feed sources.
@@ -295,6 +317,12 @@ impl Settings {
         if self.trading.max_feed_lag_seconds > MAX_FEED_LAG_SECONDS {
             return Err(ConfigError::Invalid(format!(
                 "trading.max_feed_lag_seconds must be at most {MAX_FEED_LAG_SECONDS}"
+            )));
+        }
+        let delay = self.trading.delay_seconds;
+        if !(delay.is_finite() && (0.0..=MAX_DELAY_SECONDS).contains(&delay)) {
+            return Err(ConfigError::Invalid(format!(
+                "trading.delay_seconds must be 0-{MAX_DELAY_SECONDS}"
             )));
         }
         if let Some(secret) = &self.feed.webhook_secret {

@@ -138,6 +138,7 @@ impl Metrics {
             Err(TradingError::InProgress) => "in_progress",
             Err(TradingError::KeyReused) => "key_reused",
             Err(TradingError::PlayerLocked { .. }) => "player_locked",
+            Err(TradingError::HoldingsProvisional { .. }) => "holdings_provisional",
             Err(TradingError::Unexpected(_)) => "error",
         };
         self.orders

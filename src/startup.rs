@@ -23,11 +23,15 @@ use crate::metrics::Metrics;
 use crate::players::PgPlayers;
 use crate::pricing::{self, PgPrices, PriceStore, PricingRules, PricingService};
 use crate::sales::{self, PgSales, RedisInventory, SalesService, Settler};
-use crate::trading::{PgOrders, TradingService};
+use crate::trading::{Fairness, FairnessPolicy, PgOrders, TradingService};
 use crate::{idempotency, ingest};
 
 /// How often expired idempotency keys and revocations are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// How often a replica looks for due delayed orders under `delay`: an
+/// order fills at most this long after its delay.
+const DELAYED_POLL: Duration = Duration::from_millis(50);
 
 /// A built, bound, not yet running Matchday.
 pub struct Application {
@@ -83,7 +87,10 @@ impl Application {
 
         let hub = Arc::new(Hub::new());
         let publisher = Arc::new(BusPublisher::new(bus.clone(), hub.clone()));
-        let prices = Arc::new(PgPrices::new(pool.clone()));
+        let fairness = Fairness::from_settings(&settings.trading);
+        let prices = Arc::new(
+            PgPrices::new(pool.clone()).voiding(fairness.policy == FairnessPolicy::VoidWindow),
+        );
         // The hub starts with every player's price, before the first socket.
         hub.merge(
             prices
@@ -93,12 +100,6 @@ impl Application {
                 .iter()
                 .map(broadcast::messages::BusTick::from),
         );
-        let pricing = Arc::new(PricingService::new(
-            prices.clone(),
-            publisher.clone(),
-            PricingRules::from_settings(&settings.pricing)?,
-            Duration::from_secs(settings.trading.lock_seconds),
-        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let leadership = Leadership::start(
             settings.database.url.expose().to_string(),
@@ -116,11 +117,20 @@ impl Application {
         )
         .await?;
         let trading = Arc::new(TradingService::new(
-            Arc::new(PgOrders::new(pool.clone())),
+            Arc::new(PgOrders::new(pool.clone(), fairness)),
             players.clone(),
             publisher.clone(),
             leaderboard.clone(),
         ));
+        let pricing = Arc::new(
+            PricingService::new(
+                prices.clone(),
+                publisher.clone(),
+                PricingRules::from_settings(&settings.pricing)?,
+                Duration::from_secs(settings.trading.lock_seconds),
+            )
+            .with_void_sink(trading.clone()),
+        );
         let sales_store = Arc::new(PgSales::new(pool.clone()));
         let sales = SalesService::start(
             sales_store.clone(),
@@ -178,6 +188,16 @@ impl Application {
             tokio::spawn(sales::settle_loop(
                 settler,
                 settings.sales.settlement_rate_per_sec,
+                shutdown_rx.clone(),
+            )),
+            // Delayed orders are settled by every replica (each once); under
+            // another policy only leftovers from an earlier `delay` remain.
+            tokio::spawn(trading.clone().run_delayed(
+                if fairness.policy == FairnessPolicy::Delay {
+                    DELAYED_POLL
+                } else {
+                    Duration::from_secs(1)
+                },
                 shutdown_rx.clone(),
             )),
             broadcast::start_sale_flusher(

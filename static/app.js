@@ -130,11 +130,29 @@ session.addEventListener("change", () => {
   // A screen that depends on who is signed in draws itself again.
   route();
 });
+// Orders that end other than filled (the fairness policies: a delayed
+// order cancelled, a provisional fill voided) are said so, with the reason.
+const notices = h("div", { class: "order-notices", role: "status", "aria-live": "polite" });
+document.body.append(notices);
+function noticeFor(order) {
+  const name = market.player(order.player_id)?.name ?? `#${order.player_id}`;
+  const what = `${order.side === "buy" ? "Buy" : "Sell"} ${order.quantity} × ${name}`;
+  if (order.status === "voided") {
+    return `${what} was voided and reversed (cash and shares are as before): ${order.reason ?? "a match event happened before it"}.`;
+  }
+  return `${what} was cancelled: ${order.reason ?? "it could not fill"}.`;
+}
 socket.addEventListener("message", (event) => {
   const type = event.detail.type;
   if (type === "order" || type === "purchase") {
     clearTimeout(accountTimer);
     accountTimer = setTimeout(refreshCash, 200);
+  }
+  if (type === "order" && (event.detail.status === "voided" || event.detail.status === "cancelled")) {
+    const item = h("p", { class: "notice" }, noticeFor(event.detail));
+    notices.append(item);
+    setTimeout(() => item.remove(), 15000);
+    window.dispatchEvent(new Event("matchday:account-changed"));
   }
 });
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Slot;
 use crate::http::wire::{timestamp, LeaderboardEntry, OrderResponse, PurchaseResponse};
 use crate::pricing::{AppliedEvent, Tick};
-use crate::trading::Fill;
+use crate::trading::Order;
 
 /// A tick as it travels on the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +140,9 @@ impl From<&AppliedEvent> for EventMessage {
     }
 }
 
-/// `{"type":"order",…}` on the `user` channel: the order's 201 body.
+/// `{"type":"order",…}` on the `user` channel: the order as `GET
+/// /orders/{id}` shows it, sent when it is placed and whenever its status
+/// changes (a delayed order filling or cancelled, a provisional fill voided).
 #[derive(Serialize)]
 pub struct OrderMessage {
     #[serde(rename = "type")]
@@ -149,11 +151,11 @@ pub struct OrderMessage {
     order: OrderResponse,
 }
 
-impl From<&Fill> for OrderMessage {
-    fn from(fill: &Fill) -> OrderMessage {
+impl From<&Order> for OrderMessage {
+    fn from(order: &Order) -> OrderMessage {
         OrderMessage {
             kind: "order",
-            order: OrderResponse::from(fill.clone()),
+            order: OrderResponse::from(order.clone()),
         }
     }
 }

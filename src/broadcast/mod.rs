@@ -30,7 +30,7 @@ use crate::bus::Bus;
 use crate::domain::UserId;
 use crate::pricing::{AppliedEvent, PriceSink, PriceStore, Tick};
 use crate::sales::{Purchase, PurchaseNotifier, SaleStateSink, SaleStatus};
-use crate::trading::{Fill, FillNotifier};
+use crate::trading::{FillNotifier, Order};
 use messages::BusTick;
 
 /// Bus channel of price ticks (a JSON array per message).
@@ -747,8 +747,8 @@ impl BusPublisher {
 
 #[async_trait]
 impl FillNotifier for BusPublisher {
-    async fn order_filled(&self, user: UserId, fill: &Fill) {
-        self.push_to_user(user, messages::OrderMessage::from(fill), "fill");
+    async fn order_changed(&self, user: UserId, order: &Order) {
+        self.push_to_user(user, messages::OrderMessage::from(order), "order");
     }
 }
 

@@ -24,6 +24,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_recent_events",
         include_str!("../../migrations/0005_recent_events.sql"),
     ),
+    (
+        "0006_fairness_policies",
+        include_str!("../../migrations/0006_fairness_policies.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.

@@ -201,6 +201,12 @@ impl From<TradingError> for ApiError {
                 "trading on this player is suspended after a match event",
             )
             .retry_after(retry_after_ms),
+            TradingError::HoldingsProvisional { retry_after_ms } => ApiError::new(
+                StatusCode::CONFLICT,
+                "holdings_provisional",
+                "some of these shares were bought provisionally and cannot be sold until final",
+            )
+            .retry_after(retry_after_ms),
             TradingError::Unexpected(cause) => ApiError::from(cause),
         }
     }

@@ -16,7 +16,7 @@ use crate::ingest::EventKind;
 use crate::players::{NewPlayer, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
 use crate::pricing::{Applied, NewEvent, PricingError, Tick};
 use crate::sales;
-use crate::trading::{NewOrder, ORDERS_ENDPOINT};
+use crate::trading::{NewOrder, Order, ORDERS_ENDPOINT};
 
 type Reply = Result<HttpResponse, ApiError>;
 
@@ -313,7 +313,12 @@ pub async fn place_order(
     state.metrics.count_order(order.side, &placed);
     let placed = placed?;
     match placed.outcome {
-        Ok(fill) => Ok(HttpResponse::Created().json(OrderResponse::from(fill))),
+        Ok(order @ Order::Executed(_)) => {
+            Ok(HttpResponse::Created().json(OrderResponse::from(order)))
+        }
+        Ok(order @ Order::Waiting(_)) => {
+            Ok(HttpResponse::Accepted().json(OrderResponse::from(order)))
+        }
         Err(rejection) => Err(rejection.into()),
     }
 }
@@ -350,6 +355,21 @@ pub async fn list_orders(state: web::Data<AppState>, req: HttpRequest) -> Reply 
     let orders = state.trading.orders(claims.user_id, limit).await?;
     let body: Vec<OrderResponse> = orders.into_iter().map(OrderResponse::from).collect();
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// `GET /api/v1/orders/{id}`: one of the caller's orders; 404 for anyone
+/// else's, as for an unknown id.
+pub async fn get_order(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Reply {
+    let claims = signed_in(&state, &req)?;
+    let order_id = extract::path_id(&path, "order")?;
+    match state.trading.order(claims.user_id, order_id).await? {
+        Some(order) => Ok(HttpResponse::Ok().json(OrderResponse::from(order))),
+        None => Err(ApiError::not_found("no such order")),
+    }
 }
 
 pub async fn portfolio(state: web::Data<AppState>, req: HttpRequest) -> Reply {

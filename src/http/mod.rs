@@ -98,6 +98,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(place_order))
                     .route(web::get().to(list_orders)),
             )
+            .service(resource("/orders/{id}").route(web::get().to(get_order)))
             .service(resource("/portfolio").route(web::get().to(portfolio)))
             .service(resource("/leaderboard").route(web::get().to(leaderboard)))
             .service(resource("/leaderboard/me").route(web::get().to(leaderboard_me)))

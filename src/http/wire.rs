@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::UserRecord;
 use crate::ledger::AuditReport;
 use crate::players::{Player, PricePoint};
-use crate::trading::{Fill, Portfolio};
+use crate::trading::{Order, Portfolio};
 
 /// RFC 3339 UTC with microseconds.
 pub fn timestamp(ts: DateTime<Utc>) -> String {
@@ -166,33 +166,69 @@ pub struct OrderRequest {
     pub limit_price_cents: Option<i64>,
 }
 
+/// An order: the 201 body (filled, provisional), the 202 body (pending),
+/// and what `GET /orders` lists (also cancelled and voided ones). The fill
+/// fields are null while nothing has filled.
 #[derive(Serialize)]
 pub struct OrderResponse {
     pub order_id: i64,
     pub player_id: i64,
     pub side: &'static str,
     pub quantity: i64,
-    pub price_cents: i64,
-    pub total_cents: i64,
-    pub balance_cents: i64,
-    pub epoch: i64,
+    pub price_cents: Option<i64>,
+    pub total_cents: Option<i64>,
+    pub balance_cents: Option<i64>,
+    pub epoch: Option<i64>,
     pub status: &'static str,
-    pub executed_at: String,
+    pub executed_at: Option<String>,
+    /// Extension (`void_window`): when a provisional fill becomes final.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_at: Option<String>,
+    /// Extension (`delay`): when the order was placed and when it fills.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fills_at: Option<String>,
+    /// Extension: why an order was cancelled or voided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-impl From<Fill> for OrderResponse {
-    fn from(fill: Fill) -> OrderResponse {
-        OrderResponse {
-            order_id: fill.order_id,
-            player_id: fill.player.0,
-            side: fill.side.as_str(),
-            quantity: fill.quantity.get(),
-            price_cents: fill.price.get(),
-            total_cents: fill.total.get(),
-            balance_cents: fill.balance.get(),
-            epoch: fill.epoch,
-            status: "filled",
-            executed_at: timestamp(fill.executed_at),
+impl From<Order> for OrderResponse {
+    fn from(order: Order) -> OrderResponse {
+        match order {
+            Order::Executed(fill) => OrderResponse {
+                order_id: fill.order_id,
+                player_id: fill.player.0,
+                side: fill.side.as_str(),
+                quantity: fill.quantity.get(),
+                price_cents: Some(fill.price.get()),
+                total_cents: Some(fill.total.get()),
+                balance_cents: Some(fill.balance.get()),
+                epoch: Some(fill.epoch),
+                status: fill.status.as_str(),
+                executed_at: Some(timestamp(fill.executed_at)),
+                final_at: fill.final_at.map(timestamp),
+                requested_at: None,
+                fills_at: None,
+                reason: fill.reason,
+            },
+            Order::Waiting(waiting) => OrderResponse {
+                order_id: waiting.order_id,
+                player_id: waiting.player.0,
+                side: waiting.side.as_str(),
+                quantity: waiting.quantity.get(),
+                price_cents: None,
+                total_cents: None,
+                balance_cents: None,
+                epoch: None,
+                status: waiting.status.as_str(),
+                executed_at: None,
+                final_at: None,
+                requested_at: Some(timestamp(waiting.requested_at)),
+                fills_at: Some(timestamp(waiting.fills_at)),
+                reason: waiting.reason,
+            },
         }
     }
 }

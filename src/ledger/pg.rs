@@ -86,7 +86,8 @@ pub async fn open_accounts(
     Ok(())
 }
 
-/// Moves `amount` of the user's spendable cash (cash − held) to the market,
+/// Moves `amount` of the user's spendable cash (cash − held − the proceeds
+/// of provisional sells, which a void would take back) to the market,
 /// guarded in the statement itself: returns the user's balances after it,
 /// or `None` (and changes nothing) when spendable cash is short.
 pub async fn debit_to_market(
@@ -99,7 +100,7 @@ pub async fn debit_to_market(
         .query_opt(
             "WITH debit AS (
                  UPDATE users SET cash_cents = cash_cents - $2, revision = revision + 1
-                  WHERE id = $1 AND cash_cents - held_cents >= $2
+                  WHERE id = $1 AND cash_cents - held_cents - provisional_proceeds($1) >= $2
                  RETURNING cash_cents, held_cents, revision
              ), entries AS (
                  INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
@@ -179,8 +180,8 @@ pub async fn balances(
     Ok(row.map(|row| (Cents::new(row.get(0)), Cents::new(row.get(1)))))
 }
 
-/// Holds cash for each `(user, amount)` whose spendable cash (cash − held)
-/// covers it, guarded in the statement: returns the users whose hold was
+/// Holds cash for each `(user, amount)` whose spendable cash (cash − held −
+/// provisional sale proceeds) covers it, guarded in the statement: returns the users whose hold was
 /// placed. Holding moves no money, so it writes no ledger entries; the
 /// users' `held_cents` shows it. Users must be distinct.
 pub async fn hold_cash(
@@ -199,7 +200,7 @@ pub async fn hold_cash(
             "UPDATE users u SET held_cents = u.held_cents + h.amount, revision = u.revision + 1
                FROM unnest($1::bigint[], $2::bigint[]) AS h(user_id, amount)
               WHERE u.id = h.user_id AND h.amount > 0
-                AND u.cash_cents - u.held_cents >= h.amount
+                AND u.cash_cents - u.held_cents - provisional_proceeds(u.id) >= h.amount
              RETURNING u.id",
             &[&users, &amounts],
         )

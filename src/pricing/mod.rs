@@ -60,6 +60,9 @@ pub struct AppliedEvent {
     pub applied_at: DateTime<Utc>,
     /// True when this withdraws an earlier event (a provider `Delete`).
     pub correction: bool,
+    /// `void_window`: the provisional fills this event voided, reversed on
+    /// the event's own transaction.
+    pub voided: Vec<crate::trading::Voided>,
 }
 
 impl AppliedEvent {
@@ -193,12 +196,19 @@ pub trait PriceSink: Send + Sync {
     async fn event(&self, event: &AppliedEvent);
 }
 
+/// Told of the fills an event voided (trading tells their owners).
+#[async_trait]
+pub trait VoidSink: Send + Sync {
+    async fn fills_voided(&self, voided: &[crate::trading::Voided]);
+}
+
 /// Applies events and publishes their results.
 pub struct PricingService {
     store: Arc<dyn PriceStore>,
     sink: Arc<dyn PriceSink>,
     rules: PricingRules,
     lock: Duration,
+    voids: Option<Arc<dyn VoidSink>>,
 }
 
 impl PricingService {
@@ -214,7 +224,14 @@ impl PricingService {
             sink,
             rules,
             lock,
+            voids: None,
         }
+    }
+
+    /// Tells `voids` of the fills events void.
+    pub fn with_void_sink(mut self, voids: Arc<dyn VoidSink>) -> PricingService {
+        self.voids = Some(voids);
+        self
     }
 
     /// The rules in force.
@@ -251,6 +268,9 @@ impl PricingService {
             .await?;
         if let Applied::Applied(applied) = &applied {
             self.sink.event(applied).await;
+            if let (false, Some(voids)) = (applied.voided.is_empty(), &self.voids) {
+                voids.fills_voided(&applied.voided).await;
+            }
         }
         Ok(applied)
     }

@@ -19,12 +19,26 @@ use crate::players::gate;
 /// The engine's state in Postgres.
 pub struct PgPrices {
     pool: Pool,
+    /// `void_window`: events void the provisional fills they precede.
+    voiding: bool,
 }
 
 impl PgPrices {
     /// A store using `pool`.
     pub fn new(pool: Pool) -> PgPrices {
-        PgPrices { pool }
+        PgPrices {
+            pool,
+            voiding: false,
+        }
+    }
+
+    /// Applying an event also voids the provisional fills on its player
+    /// that it occurred before (`trading.fairness_policy = void_window`;
+    /// fills made under another policy are never provisional, so this only
+    /// costs a query).
+    pub fn voiding(mut self, voiding: bool) -> PgPrices {
+        self.voiding = voiding;
+        self
     }
 }
 
@@ -80,6 +94,7 @@ async fn move_locked_player(
         locked_until: row.get(2),
         applied_at,
         correction,
+        voided: Vec::new(),
     };
     tx.execute(
         "UPDATE feed_events SET applied_at = $2, price_before = $3, price_after = $4, epoch = $5
@@ -159,7 +174,7 @@ impl PriceStore for PgPrices {
             return Ok(Applied::Duplicate);
         }
         let after = rules.after_event(before, event.kind);
-        let applied = move_locked_player(
+        let mut applied = move_locked_player(
             &tx,
             &event.event_id,
             event.player,
@@ -171,6 +186,19 @@ impl PriceStore for PgPrices {
         )
         .await
         .map_err(unexpected)?;
+        if self.voiding {
+            let reason = format!(
+                "voided: {} (event {}) occurred at {}, before this fill; the feed delivered it at {}",
+                event.kind.as_str(),
+                event.event_id,
+                event.occurred_at.to_rfc3339(),
+                applied.applied_at.to_rfc3339()
+            );
+            applied.voided =
+                crate::trading::void_ahead(&tx, event.player, event.occurred_at, &reason)
+                    .await
+                    .map_err(PricingError::Unexpected)?;
+        }
         tx.commit().await.map_err(unexpected)?;
         Ok(Applied::Applied(applied))
     }

@@ -1,5 +1,10 @@
 //! Trading: market orders (with an optional limit) against the live price,
-//! order history and portfolios.
+//! order history and portfolios, under the fairness policy in force
+//! (`trading.fairness_policy`): `lock` fills at once; `delay` keeps every
+//! order waiting (`pending_orders`) and fills it later on a worker, unless an
+//! event on the player occurred during the wait; `void_window` fills at once
+//! but provisionally, and the event transaction voids a provisional fill that
+//! the event occurred before ([`void_ahead`]).
 //!
 //! Owns orders and holdings. Cash moves only through the ledger's posting
 //! functions, in the same transaction as the order row, the holding change
@@ -11,17 +16,23 @@
 mod pg;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use pg::PgOrders;
+pub use pg::{void_ahead, PgOrders};
+
+pub use crate::config::FairnessPolicy;
 
 use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::IdempotencyKey;
 use crate::ledger::{AccountSink, AccountUpdate};
 use crate::players::{PriceReader, Quote};
+
+/// Delayed orders settled per round of [`TradingService::run_delayed`].
+const DELAYED_BATCH: usize = 100;
 
 /// Endpoint name that scopes idempotency keys of orders.
 pub const ORDERS_ENDPOINT: &str = "POST /api/v1/orders";
@@ -40,6 +51,75 @@ pub struct NewOrder {
     pub fingerprint: String,
 }
 
+/// The policy and its windows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fairness {
+    pub policy: FairnessPolicy,
+    /// `delay`: how long an order waits.
+    pub delay: Duration,
+    /// `void_window`: how long a fill stays provisional.
+    pub void_window: Duration,
+}
+
+impl Fairness {
+    /// Today's trade lock alone.
+    pub const LOCK: Fairness = Fairness {
+        policy: FairnessPolicy::Lock,
+        delay: Duration::ZERO,
+        void_window: Duration::ZERO,
+    };
+
+    /// From `trading.*`.
+    pub fn from_settings(settings: &crate::config::TradingSettings) -> Fairness {
+        Fairness {
+            policy: settings.fairness_policy,
+            delay: Duration::from_secs_f64(settings.delay_seconds),
+            void_window: Duration::from_secs(settings.max_feed_lag_seconds),
+        }
+    }
+}
+
+/// Where an order stands (the API's `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    /// Waiting out `trading.delay_seconds`.
+    Pending,
+    /// Filled, but voided if an event that occurred before the fill arrives
+    /// before `final_at`.
+    Provisional,
+    Filled,
+    /// Never filled (see its reason).
+    Cancelled,
+    /// Filled, then reversed exactly (see its reason).
+    Voided,
+}
+
+impl OrderStatus {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Provisional => "provisional",
+            OrderStatus::Filled => "filled",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Voided => "voided",
+        }
+    }
+
+    /// The status named `name`.
+    pub fn parse(name: &str) -> Option<OrderStatus> {
+        [
+            OrderStatus::Pending,
+            OrderStatus::Provisional,
+            OrderStatus::Filled,
+            OrderStatus::Cancelled,
+            OrderStatus::Voided,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+    }
+}
+
 /// An executed order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fill {
@@ -53,6 +133,62 @@ pub struct Fill {
     pub balance: Cents,
     pub epoch: i64,
     pub executed_at: DateTime<Utc>,
+    /// `Filled`, `Provisional` or `Voided`.
+    pub status: OrderStatus,
+    /// When a provisional fill becomes final.
+    pub final_at: Option<DateTime<Utc>>,
+    /// Why it was voided.
+    pub reason: Option<String>,
+}
+
+/// An order under the `delay` policy before it filled, or one cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub order_id: i64,
+    pub player: PlayerId,
+    pub side: Side,
+    pub quantity: Quantity,
+    /// `Pending` or `Cancelled`.
+    pub status: OrderStatus,
+    pub requested_at: DateTime<Utc>,
+    /// When it fills (or was due to).
+    pub fills_at: DateTime<Utc>,
+    /// Why it was cancelled.
+    pub reason: Option<String>,
+}
+
+/// An order as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    Executed(Fill),
+    Waiting(Waiting),
+}
+
+impl Order {
+    /// Its id.
+    pub fn id(&self) -> i64 {
+        match self {
+            Order::Executed(fill) => fill.order_id,
+            Order::Waiting(waiting) => waiting.order_id,
+        }
+    }
+}
+
+/// A provisional fill an event voided, with what the reversal left the
+/// user's account at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voided {
+    pub user: UserId,
+    pub fill: Fill,
+    pub account: AccountUpdate,
+}
+
+/// A delayed order the worker settled: filled or cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub user: UserId,
+    pub order: Order,
+    pub account: Option<AccountUpdate>,
 }
 
 /// Business outcomes that are final for an idempotency key: a retry with the
@@ -92,7 +228,8 @@ impl Rejection {
 /// The result of placing an order: final, and remembered under its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
-    pub outcome: Result<Fill, Rejection>,
+    /// A fill, or (`delay`) the order waiting.
+    pub outcome: Result<Order, Rejection>,
     /// True when this is the stored outcome of an earlier request.
     pub replayed: bool,
     /// The user's account as this fill's commit left it (a new fill only).
@@ -108,6 +245,9 @@ pub enum TradingError {
     KeyReused,
     #[error("trading on this player is locked")]
     PlayerLocked { retry_after_ms: i64 },
+    /// `void_window`: the shares to sell include provisional ones.
+    #[error("some of these shares are still provisional")]
+    HoldingsProvisional { retry_after_ms: i64 },
     #[error(transparent)]
     Unexpected(#[from] Unexpected),
 }
@@ -165,16 +305,22 @@ pub trait OrderStore: Send + Sync {
     /// record, or reports why not.
     async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError>;
     /// The user's latest orders, newest first.
-    async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Fill>, Unexpected>;
+    async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Order>, Unexpected>;
+    /// One of the user's orders.
+    async fn order(&self, user: UserId, order_id: i64) -> Result<Option<Order>, Unexpected>;
     /// The user's cash and non-empty holdings.
     async fn positions(&self, user: UserId) -> Result<Positions, Unexpected>;
+    /// Fills or cancels up to `max` delayed orders that are due (any
+    /// replica may; each order is settled once).
+    async fn settle_due(&self, max: usize) -> Result<Vec<Settled>, Unexpected>;
 }
 
-/// Told of every new fill (the broadcast side puts it on the user's socket).
+/// Told of every new fill and every change of an order's status (the
+/// broadcast side puts it on the user's socket).
 #[async_trait]
 pub trait FillNotifier: Send + Sync {
-    /// `fill` was just committed for `user`.
-    async fn order_filled(&self, user: UserId, fill: &Fill);
+    /// `order` was just committed (or changed) for `user`.
+    async fn order_changed(&self, user: UserId, order: &Order);
 }
 
 /// Places orders and values portfolios.
@@ -209,15 +355,54 @@ impl TradingService {
         if let Some(account) = placed.account.take() {
             self.accounts.accounts_changed(vec![account]);
         }
-        if let (false, Ok(fill)) = (placed.replayed, &placed.outcome) {
-            self.notifier.order_filled(order.user, fill).await;
+        if let (false, Ok(placed_order)) = (placed.replayed, &placed.outcome) {
+            self.notifier.order_changed(order.user, placed_order).await;
         }
         Ok(placed)
     }
 
     /// The user's latest orders, newest first.
-    pub async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Fill>, Unexpected> {
+    pub async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Order>, Unexpected> {
         self.store.orders(user, limit).await
+    }
+
+    /// One of the user's orders (`None` for anyone else's).
+    pub async fn order(&self, user: UserId, order_id: i64) -> Result<Option<Order>, Unexpected> {
+        self.store.order(user, order_id).await
+    }
+
+    /// Settles delayed orders as they fall due, until `shutdown`: every
+    /// `poll` while any may be waiting.
+    pub async fn run_delayed(
+        self: Arc<Self>,
+        poll: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            match self.store.settle_due(DELAYED_BATCH).await {
+                Ok(settled) => {
+                    let accounts: Vec<AccountUpdate> =
+                        settled.iter().filter_map(|s| s.account.clone()).collect();
+                    if !accounts.is_empty() {
+                        self.accounts.accounts_changed(accounts);
+                    }
+                    let more = settled.len() == DELAYED_BATCH;
+                    for settled in settled {
+                        self.notifier
+                            .order_changed(settled.user, &settled.order)
+                            .await;
+                    }
+                    if more {
+                        continue;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "settling delayed orders failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Cash and holdings valued at live prices.
@@ -272,6 +457,23 @@ pub fn value_portfolio(positions: Positions, quotes: &[Quote]) -> Result<Portfol
             .checked_add(holdings_value)
             .ok_or_else(overflow)?,
     })
+}
+
+/// Tells the owners and the leaderboard of fills an event voided.
+#[async_trait]
+impl crate::pricing::VoidSink for TradingService {
+    async fn fills_voided(&self, voided: &[Voided]) {
+        if voided.is_empty() {
+            return;
+        }
+        self.accounts
+            .accounts_changed(voided.iter().map(|v| v.account.clone()).collect());
+        for void in voided {
+            self.notifier
+                .order_changed(void.user, &Order::Executed(void.fill.clone()))
+                .await;
+        }
+    }
 }
 
 /// Milliseconds until `locked_until`, at least 1 while the lock holds.
@@ -342,6 +544,20 @@ mod tests {
         let until = now + chrono::Duration::milliseconds(1_500);
         assert_eq!(retry_after_ms(until, now), Some(1_500));
         assert_eq!(retry_after_ms(now, now), None);
+    }
+
+    #[test]
+    fn order_statuses_round_trip() {
+        for status in [
+            OrderStatus::Pending,
+            OrderStatus::Provisional,
+            OrderStatus::Filled,
+            OrderStatus::Cancelled,
+            OrderStatus::Voided,
+        ] {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(OrderStatus::parse("done"), None);
     }
 
     #[test]

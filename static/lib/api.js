@@ -158,6 +158,8 @@ export function describeError(error, context = {}) {
       return "Not enough cash for this order. Lower the quantity or sell something first.";
     case "insufficient_holdings":
       return `You don't hold that many shares of ${player}.`;
+    case "holdings_provisional":
+      return `Some of your ${player} shares were bought moments ago and are provisional until the feed has caught up. They can be sold in ${seconds(error.details.retry_after_ms)} s.`;
     case "price_moved":
       return "The price moved past your limit, so nothing was bought or sold. Check the price and try again.";
     case "rate_limited":

@@ -38,7 +38,7 @@ export function mount(main) {
         h("thead", {}, h("tr", {},
           h("th", { scope: "col" }, "Time"), h("th", { scope: "col" }, "Player"), h("th", { scope: "col" }, "Side"),
           h("th", { scope: "col", class: "num" }, "Qty"), h("th", { scope: "col", class: "num" }, "Price"),
-          h("th", { scope: "col", class: "num" }, "Total"))),
+          h("th", { scope: "col", class: "num" }, "Total"), h("th", { scope: "col" }, "Status"))),
         ordersBody))));
 
   let books = null;
@@ -111,11 +111,12 @@ export function mount(main) {
 
   function renderOrders(orders) {
     replace(ordersBody, orders.length ? orders.map((order) => h("tr", {},
-      cell(clock(Date.parse(order.executed_at)), ""),
+      cell(clock(Date.parse(order.executed_at ?? order.requested_at)), ""),
       h("td", {}, market.player(order.player_id)?.name ?? `#${order.player_id}`),
       cell(order.side === "buy" ? "Buy" : "Sell", order.side === "buy" ? "up" : "down"),
-      cell(String(order.quantity)), cell(money(order.price_cents)), cell(money(order.total_cents))))
-      : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No orders yet.")));
+      cell(String(order.quantity)), cell(money(order.price_cents)), cell(money(order.total_cents)),
+      h("td", { title: order.reason ?? "" }, order.status ?? "filled")))
+      : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No orders yet.")));
   }
 
   let loading = false;

@@ -117,7 +117,16 @@ export function createTicket(player, { onFilled, holdings = () => null } = {}) {
       const order = await post("/orders", body, { idempotencyKey: key });
       intent.settle();
       const verb = order.side === "buy" ? "Bought" : "Sold";
-      show("ok", `${verb} ${order.quantity} × ${player.name} at ${money(order.price_cents)}, total ${money(order.total_cents)}. Cash now ${money(order.balance_cents)}.`);
+      if (order.status === "pending") {
+        // The delay policy: it fills (or is cancelled) when its wait is over.
+        const wait = Math.max(0, Math.round((Date.parse(order.fills_at) - Date.now()) / 1000));
+        show("info", `Order placed: it fills at the price in ${wait} s, unless a match event on ${player.name} comes first. Your orders list shows how it ends.`);
+      } else {
+        const provisional = order.status === "provisional"
+          ? ` Provisional until ${new Date(order.final_at).toLocaleTimeString()}: voided if a match event turns out to have happened before it.`
+          : "";
+        show("ok", `${verb} ${order.quantity} × ${player.name} at ${money(order.price_cents)}, total ${money(order.total_cents)}. Cash now ${money(order.balance_cents)}.${provisional}`);
+      }
       window.dispatchEvent(new Event("matchday:account-changed"));
       onFilled?.(order);
     } catch (failure) {

@@ -101,6 +101,17 @@ async fn only_the_allowed_cells_of_every_endpoint_succeed_and_refusals_change_no
         .await
         .expect("purchase");
     let purchase_id = purchase["purchase_id"].as_i64().expect("purchase_id");
+    let ordered: Value = app
+        .order(
+            &owner.token,
+            "owner-order",
+            &json!({"player_id": player, "side": "buy", "quantity": 1}),
+        )
+        .await
+        .json()
+        .await
+        .expect("order");
+    let order_id = ordered["order_id"].as_i64().expect("order_id");
     // Settled before the books are counted, so only a refusal could move them.
     wait_until_settled(&app, sale, Duration::from_secs(10)).await;
 
@@ -165,6 +176,12 @@ async fn only_the_allowed_cells_of_every_endpoint_succeed_and_refusals_change_no
             format!("/api/v1/sales/{sale}/waitlist"),
             Access::User,
             409,
+        ),
+        endpoint(
+            Method::GET,
+            format!("/api/v1/orders/{order_id}"),
+            Access::Owner,
+            200,
         ),
         endpoint(
             Method::GET,

@@ -12,6 +12,7 @@ mod idempotency;
 mod leaderboard;
 mod leadership;
 mod players;
+mod policies;
 mod properties;
 mod replay;
 mod sales;
