@@ -30,7 +30,6 @@ const AHEAD: &str = "
        AND o.executed_at <= e.applied_at
      WHERE e.applied_at IS NOT NULL
        AND e.reverted_by IS NULL
-       AND o.status = 'filled'
        AND ((o.side = 'buy' AND e.price_after > e.price_before)
          OR (o.side = 'sell' AND e.price_after < e.price_before))
      ORDER BY o.id, e.applied_at";
@@ -50,7 +49,7 @@ pub async fn review(pool: &Pool, query: ReviewQuery) -> Result<Review, Unexpecte
                                                    -9223372036854775808)::bigint AS edge
                                      FROM ahead GROUP BY user_id),
                       fills AS (SELECT user_id, count(*) AS fills
-                                  FROM orders WHERE status = 'filled' GROUP BY user_id),
+                                  FROM orders GROUP BY user_id),
                       totals AS (SELECT COALESCE(sum(fills), 0)::bigint AS fills FROM fills),
                       ahead_total AS (SELECT count(*) AS ahead FROM ahead)
                  SELECT t.fills, a.ahead, s.user_id, s.username, s.fills, s.ahead, s.edge

@@ -195,6 +195,12 @@ pub async fn hold_cash(
         .iter()
         .map(|(user, amount)| (user.0, amount.get()))
         .unzip();
+    // The users' rows in id order first, as captures and voids take them.
+    tx.execute(
+        "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        &[&users],
+    )
+    .await?;
     let rows = tx
         .query(
             "UPDATE users u SET held_cents = u.held_cents + h.amount, revision = u.revision + 1

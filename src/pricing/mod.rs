@@ -262,10 +262,20 @@ impl PricingService {
     /// Applies one event; the lock is committed before anything is published.
     #[tracing::instrument(skip_all, fields(event_id = %event.event_id, player_id = %event.player))]
     pub async fn apply(&self, event: &NewEvent) -> Result<Applied, PricingError> {
-        let applied = self
-            .store
-            .apply_event(event, &self.rules, self.lock)
-            .await?;
+        // Like a correction, an event that voids fills locks their users
+        // and can lose a deadlock; it is idempotent, so it runs again.
+        let mut attempt = 0;
+        let applied = loop {
+            attempt += 1;
+            match self.store.apply_event(event, &self.rules, self.lock).await {
+                Err(PricingError::Unexpected(error))
+                    if attempt < MAX_CORRECTION_ATTEMPTS && error.is_retryable() =>
+                {
+                    tracing::warn!(%error, attempt, "applying an event failed; retrying");
+                }
+                result => break result?,
+            }
+        };
         if let Applied::Applied(applied) = &applied {
             self.sink.event(applied).await;
             if let (false, Some(voids)) = (applied.voided.is_empty(), &self.voids) {

@@ -134,7 +134,7 @@ impl PriceStore for PgPrices {
             .map_err(unexpected)?;
         let Some(row) = tx
             .query_opt(
-                "SELECT price_cents FROM players WHERE id = $1 FOR UPDATE",
+                "SELECT price_cents FROM players WHERE id = $1 FOR NO KEY UPDATE",
                 &[&event.player.0],
             )
             .await
@@ -238,7 +238,7 @@ impl PriceStore for PgPrices {
             gate::close_trade_gate(&tx, player).await?;
             let before: i64 = tx
                 .query_one(
-                    "SELECT price_cents FROM players WHERE id = $1 FOR UPDATE",
+                    "SELECT price_cents FROM players WHERE id = $1 FOR NO KEY UPDATE",
                     &[&player.0],
                 )
                 .await?

@@ -651,9 +651,16 @@ impl OrderStore for PgOrders {
     async fn settle_due(&self, max: usize) -> Result<Vec<Settled>, Unexpected> {
         let mut settled = Vec::new();
         while settled.len() < max {
-            match self.settle_one().await? {
-                Some(one) => settled.push(one),
-                None => break,
+            match self.settle_one().await {
+                Ok(Some(one)) => settled.push(one),
+                Ok(None) => break,
+                // What was settled is committed: its owners are told even
+                // when the next one fails.
+                Err(error) if !settled.is_empty() => {
+                    tracing::warn!(%error, "settling a delayed order failed");
+                    break;
+                }
+                Err(error) => return Err(error),
             }
         }
         Ok(settled)
@@ -837,7 +844,10 @@ pub async fn void_ahead(
     let mut users: Vec<i64> = ahead.iter().map(|row| row.get(1)).collect();
     users.sort_unstable();
     users.dedup();
-    // Users in id order, as orders and captures take them.
+    // Users in id order, as orders and captures take them. Waiting for
+    // them can take past a candidate's `final_at`; so the set is decided
+    // again below, with the users locked: a fill that became final
+    // meanwhile (its proceeds perhaps spent) is final, not voided.
     tx.execute(
         "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
         &[&users],
@@ -849,9 +859,10 @@ pub async fn void_ahead(
                 "UPDATE orders SET status = 'voided', voided_at = clock_timestamp(),
                                    void_reason = $2
                   WHERE id = ANY($1) AND status = 'provisional'
+                    AND final_at > clock_timestamp() AND executed_at > $3
                  RETURNING {FILL_COLUMNS}, user_id, cost_basis_cents"
             ),
-            &[&ids, &reason],
+            &[&ids, &reason, &occurred_at],
         )
         .await?;
     let mut voided = Vec::with_capacity(rows.len());

@@ -395,3 +395,136 @@ async fn an_order_is_visible_to_its_owner_only() {
     let response = app.get(&format!("/api/v1/orders/{id}"), None).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_orders_and_voiding_events_keep_every_account_exact() {
+    use futures_util::future::join_all;
+    use rand::{Rng, SeedableRng};
+
+    let app = app_with(FairnessPolicy::VoidWindow, |s| {
+        s.trading.max_feed_lag_seconds = 30
+    })
+    .await;
+    let start = 100_000;
+    let users = app.bulk_users("racer", 16, start).await;
+    let mut players = Vec::new();
+    for _ in 0..3 {
+        players.push(app.create_player(1_000).await);
+    }
+    // Final shares to sell from the start (no money moves: shares only).
+    let inventory = 20;
+    for user in &users {
+        for player in &players {
+            app.sql(&format!(
+                "INSERT INTO holdings (user_id, player_id, quantity, cost_cents)
+                 VALUES ({}, {player}, {inventory}, {})",
+                user.id,
+                inventory * 1_000
+            ))
+            .await;
+        }
+    }
+    let racing = async {
+        join_all(users.iter().enumerate().map(|(n, user)| {
+            let (app, players) = (&app, &players);
+            async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
+                let mut statuses = Vec::new();
+                for k in 0..25 {
+                    let side = if rng.gen_bool(0.5) { "buy" } else { "sell" };
+                    let player = players[rng.gen_range(0..players.len())];
+                    let quantity = rng.gen_range(1..=8);
+                    let (status, body) =
+                        place(app, user, &format!("r{n}-{k}"), side, player, quantity).await;
+                    assert!(
+                        status == StatusCode::CREATED
+                            || (status == StatusCode::CONFLICT
+                                && [
+                                    "insufficient_funds",
+                                    "insufficient_holdings",
+                                    "holdings_provisional"
+                                ]
+                                .contains(&body["error"]["code"].as_str().unwrap_or(""))),
+                        "{status} {body}"
+                    );
+                    statuses.push(status);
+                }
+                statuses
+            }
+        }))
+        .await
+    };
+    // Events meanwhile, each having occurred a little before it arrives.
+    let events = async {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        for n in 0..12 {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(20..120))).await;
+            let player = players[rng.gen_range(0..players.len())];
+            let kind = ["goal", "red_card", "save", "yellow_card"][n % 4];
+            let at = Utc::now() - chrono::Duration::milliseconds(rng.gen_range(50..1_500));
+            event_at(&app, &format!("race-{n}"), player, kind, at).await;
+        }
+    };
+    let (statuses, ()) = tokio::join!(racing, events);
+    let fills = statuses
+        .iter()
+        .flatten()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+
+    // Each account is exactly its start plus the fills that stand.
+    let mut voided = 0;
+    for user in &users {
+        let orders = app.get("/api/v1/orders?limit=500", Some(&user.token)).await;
+        let orders: Value = orders.json().await.expect("json");
+        let (mut cash, mut shares) = (start, std::collections::HashMap::new());
+        for order in orders.as_array().expect("orders") {
+            let status = order["status"].as_str().expect("status");
+            assert!(
+                ["provisional", "filled", "voided"].contains(&status),
+                "{order}"
+            );
+            if status == "voided" {
+                voided += 1;
+                continue;
+            }
+            let (total, quantity) = (
+                order["total_cents"].as_i64().unwrap(),
+                order["quantity"].as_i64().unwrap(),
+            );
+            let held = shares
+                .entry(order["player_id"].as_i64().unwrap())
+                .or_insert(inventory);
+            if order["side"] == "buy" {
+                cash -= total;
+                *held += quantity;
+            } else {
+                cash += total;
+                *held -= quantity;
+            }
+        }
+        let rows = app
+            .sql(&format!(
+                "SELECT cash_cents, (SELECT json_object_agg(player_id, quantity)::text FROM holdings
+                                      WHERE user_id = {0}) FROM users WHERE id = {0}",
+                user.id
+            ))
+            .await;
+        assert_eq!(rows[0].get::<_, i64>(0), cash, "user {}", user.id);
+        let held: Value = serde_json::from_str(&rows[0].get::<_, String>(1)).unwrap();
+        for player in &players {
+            let expected = shares.get(player).copied().unwrap_or(inventory);
+            assert_eq!(
+                held[player.to_string()],
+                expected,
+                "user {} player {player}",
+                user.id
+            );
+            assert!(expected >= 0);
+        }
+    }
+    assert!(fills > 100, "only {fills} fills");
+    assert!(voided > 0, "no fill was voided: the race proved nothing");
+    eprintln!("{fills} fills, {voided} voided");
+    assert_books_balance(&app).await;
+}
