@@ -388,4 +388,18 @@ mod tests {
         assert_eq!(settings.pricing.tick_ms, 250);
         assert!(settings.admin.token.is_none());
     }
+
+    #[test]
+    fn the_shipped_fairness_policy_keeps_the_api_contract_and_delays_are_checked() {
+        let mut settings = Settings::load_from(Path::new("config"), None).expect("defaults load");
+        // API.md: every 201 is "filled" and bought shares sell at once. The
+        // recommended void_window is one line away (README).
+        assert_eq!(settings.trading.fairness_policy, FairnessPolicy::Lock);
+        assert_eq!(settings.trading.max_feed_lag_seconds, 40);
+        assert!(settings.validate().is_ok());
+        for bad in [-1.0, f64::NAN, f64::INFINITY, MAX_DELAY_SECONDS + 1.0] {
+            settings.trading.delay_seconds = bad;
+            assert!(settings.validate().is_err(), "delay {bad} accepted");
+        }
+    }
 }

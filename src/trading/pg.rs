@@ -216,6 +216,18 @@ fn waiting(row: &Row) -> Result<Waiting, Unexpected> {
     })
 }
 
+/// A read-only transaction seeing one snapshot of every table.
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
 /// What to execute: a new order, or a delayed one under its own id.
 struct Spec {
     user: UserId,
@@ -543,12 +555,7 @@ impl OrderStore for PgOrders {
         let mut client = self.pool.get().await?;
         // One snapshot for both tables: a delayed order filling between two
         // reads would otherwise be in neither.
-        let client = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let client = snapshot(&mut client).await?;
         let executed = client
             .query(
                 &format!(
@@ -584,12 +591,7 @@ impl OrderStore for PgOrders {
 
     async fn order(&self, user: UserId, order_id: i64) -> Result<Option<Order>, Unexpected> {
         let mut client = self.pool.get().await?;
-        let client = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let client = snapshot(&mut client).await?;
         let executed = client
             .query_opt(
                 &format!("SELECT {FILL_COLUMNS} FROM orders WHERE id = $1 AND user_id = $2"),
@@ -617,12 +619,7 @@ impl OrderStore for PgOrders {
 
     async fn positions(&self, user: UserId) -> Result<Positions, Unexpected> {
         let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let tx = snapshot(&mut client).await?;
         let (cash, held) = posting::balances(&tx, user)
             .await?
             .ok_or_else(|| Unexpected::msg(format!("user {user} has no account")))?;

@@ -66,6 +66,9 @@ pub async fn test_settings() -> Settings {
     settings.auth.max_concurrent_hashes = 2;
     // Prices stay put unless a test turns ticks or a feed on.
     settings.pricing.tick_ms = 0;
+    // The suite's trades fill, and can be sold, at once: the trade lock
+    // alone. tests/api/policies.rs runs each fairness policy.
+    settings.trading.fairness_policy = matchday::config::FairnessPolicy::Lock;
     settings.feed.source = matchday::config::FeedSource::None;
     // Races fire far more requests per user than a person would; the rate
     // limit tests turn limits on.

@@ -69,6 +69,8 @@ export class Matchday {
         MATCHDAY__ADMIN__TOKEN: ADMIN_TOKEN,
         MATCHDAY__FEED__SOURCE: "none",
         MATCHDAY__TRADING__LOCK_SECONDS: "60",
+        // The policy recommended for a live match: the app's provisional fills.
+        MATCHDAY__TRADING__FAIRNESS_POLICY: "void_window",
         RUST_LOG: process.env.RUST_LOG ?? "warn",
       },
     });
