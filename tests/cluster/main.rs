@@ -17,3 +17,4 @@ mod failover;
 mod fanout;
 mod nginx;
 mod secrets;
+mod voids;
