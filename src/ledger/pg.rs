@@ -180,6 +180,18 @@ pub async fn balances(
     Ok(row.map(|row| (Cents::new(row.get(0)), Cents::new(row.get(1)))))
 }
 
+/// Locks `users`' rows in id order, as every transaction that locks more
+/// than one user does (holds, captures, voids): two of them sharing users
+/// (or an order, which locks one user row) cannot deadlock.
+pub async fn lock_users(tx: &Transaction<'_>, users: &[i64]) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        &[&users],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Holds cash for each `(user, amount)` whose spendable cash (cash − held −
 /// provisional sale proceeds) covers it, guarded in the statement: returns the users whose hold was
 /// placed. Holding moves no money, so it writes no ledger entries; the
@@ -195,12 +207,7 @@ pub async fn hold_cash(
         .iter()
         .map(|(user, amount)| (user.0, amount.get()))
         .unzip();
-    // The users' rows in id order first, as captures and voids take them.
-    tx.execute(
-        "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        &[&users],
-    )
-    .await?;
+    lock_users(tx, &users).await?;
     let rows = tx
         .query(
             "UPDATE users u SET held_cents = u.held_cents + h.amount, revision = u.revision + 1
@@ -229,13 +236,7 @@ pub async fn capture_holds(
     let users: Vec<i64> = captures.iter().map(|c| c.0 .0).collect();
     let amounts: Vec<i64> = captures.iter().map(|c| c.1.get()).collect();
     let txns: Vec<&str> = captures.iter().map(|c| c.2.as_str()).collect();
-    // The users' rows in id order first, so two captures sharing users
-    // (and orders, which lock one user row) cannot deadlock.
-    tx.execute(
-        "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        &[&users],
-    )
-    .await?;
+    lock_users(tx, &users).await?;
     let row = tx
         .query_one(
             "WITH c AS (

@@ -841,15 +841,10 @@ pub async fn void_ahead(
     let mut users: Vec<i64> = ahead.iter().map(|row| row.get(1)).collect();
     users.sort_unstable();
     users.dedup();
-    // Users in id order, as orders and captures take them. Waiting for
-    // them can take past a candidate's `final_at`; so the set is decided
-    // again below, with the users locked: a fill that became final
-    // meanwhile (its proceeds perhaps spent) is final, not voided.
-    tx.execute(
-        "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        &[&users],
-    )
-    .await?;
+    // Waiting for the users can take past a candidate's `final_at`; so the
+    // set is decided again below, with the users locked: a fill that became
+    // final meanwhile (its proceeds perhaps spent) is final, not voided.
+    posting::lock_users(tx, &users).await?;
     let rows = tx
         .query(
             &format!(
