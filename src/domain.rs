@@ -83,6 +83,8 @@ pub enum Side {
 }
 
 impl Side {
+    pub const ALL: [Side; 2] = [Side::Buy, Side::Sell];
+
     /// The wire and database spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -93,11 +95,7 @@ impl Side {
 
     /// Parses the wire spelling.
     pub fn parse(value: &str) -> Option<Side> {
-        match value {
-            "buy" => Some(Side::Buy),
-            "sell" => Some(Side::Sell),
-            _ => None,
-        }
+        Side::ALL.into_iter().find(|side| side.as_str() == value)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `matchday` binary: `serve` (default), `migrate`, `loadgen`.
+//! The `matchday` binary: `serve` (default), `migrate`, `openapi`, `loadgen`.
 
 use std::process::ExitCode;
 
@@ -6,11 +6,12 @@ use matchday::config::Settings;
 use matchday::startup::Application;
 use matchday::{db, loadgen, telemetry};
 
-const USAGE: &str = "usage: matchday [serve | migrate | help
+const USAGE: &str = "usage: matchday [serve | migrate | openapi | help
                  | loadgen orders|ws|ws-baseline|http|http-baseline|drop [options]]
 
   serve     run the exchange (default)
   migrate   apply database migrations and exit
+  openapi   print the OpenAPI 3.1 document (as served at /api/v1/openapi.json)
   loadgen   drive load against a running server (see `matchday loadgen help`)
 
 Configuration: config/default.toml, then the file named by MATCHDAY_CONFIG,
@@ -27,6 +28,10 @@ async fn main() -> ExitCode {
     }
     if command == "loadgen" {
         return loadgen::main(&args[1..]).await;
+    }
+    if command == "openapi" {
+        println!("{:#}", matchday::http::openapi::document());
+        return ExitCode::SUCCESS;
     }
     let settings = match Settings::load() {
         Ok(settings) => settings,

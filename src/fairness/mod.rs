@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// One fill ahead of an event, with the event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Evidence {
     pub order_id: i64,
     pub player_id: i64,
@@ -40,7 +40,7 @@ pub struct Evidence {
 }
 
 /// An account worth a look.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Suspect {
     pub user_id: i64,
     pub username: String,
@@ -59,7 +59,7 @@ pub struct Suspect {
 }
 
 /// The review's answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Review {
     pub lag_seconds: i64,
     /// Fills of every account.

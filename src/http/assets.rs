@@ -41,11 +41,39 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self' ws: wss:; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// The embedded app, with its version and its `index.html` filled in.
+/// The API reference page: Swagger UI's script sets inline styles and
+/// draws its icons from `data:` URIs; it fetches this origin's
+/// `/api/v1/openapi.json` and, on "Try it out", the API.
+const DOCS_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Pages served outside `/assets/` (their placeholders filled in).
+const PAGES: [&str; 2] = ["index.html", "api-docs.html"];
+
+/// An HTML page with `{{ASSET_BASE}}` filled in, and its tag.
+struct Page {
+    html: String,
+    etag: String,
+}
+
+impl Page {
+    fn load(name: &str, version: &str) -> Page {
+        let template = StaticFiles::get(name)
+            .map(|file| String::from_utf8_lossy(&file.data).into_owned())
+            .unwrap_or_else(|| "<!doctype html><title>Matchday</title>".to_string());
+        Page {
+            html: template.replace(ASSET_BASE_PLACEHOLDER, &format!("/assets/{version}/")),
+            etag: format!("\"{}-{version}\"", name.trim_end_matches(".html")),
+        }
+    }
+}
+
+/// The embedded app, with its version and its pages filled in.
 pub struct Assets {
     version: String,
-    index_html: String,
-    index_etag: String,
+    index: Page,
+    docs: Page,
 }
 
 impl Assets {
@@ -62,15 +90,10 @@ impl Assets {
             }
         }
         let version = hex(&digest.finalize()[..6]);
-        let template = StaticFiles::get("index.html")
-            .map(|file| String::from_utf8_lossy(&file.data).into_owned())
-            .unwrap_or_else(|| "<!doctype html><title>Matchday</title>".to_string());
-        let index_html = template.replace(ASSET_BASE_PLACEHOLDER, &format!("/assets/{version}/"));
-        let index_etag = format!("\"index-{version}\"");
         Assets {
+            index: Page::load("index.html", &version),
+            docs: Page::load("api-docs.html", &version),
             version,
-            index_html,
-            index_etag,
         }
     }
 
@@ -110,27 +133,36 @@ fn not_modified(req: &HttpRequest, etag: &str) -> bool {
         })
 }
 
-fn index_response(req: &HttpRequest, assets: &Assets) -> HttpResponse {
+fn page_response(req: &HttpRequest, page: &Page, policy: &'static str) -> HttpResponse {
     // For HEAD, actix sends the headers of this body (its length) and
     // drops the body itself.
-    let mut response = if not_modified(req, &assets.index_etag) {
+    let mut response = if not_modified(req, &page.etag) {
         HttpResponse::NotModified().finish()
     } else {
         HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
-            .body(assets.index_html.clone())
+            .body(page.html.clone())
     };
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(REVALIDATE));
-    if let Ok(etag) = HeaderValue::from_str(&assets.index_etag) {
+    if let Ok(etag) = HeaderValue::from_str(&page.etag) {
         headers.insert(header::ETAG, etag);
     }
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        HeaderValue::from_static(policy),
     );
     with_common_headers(&mut response);
     response
+}
+
+fn index_response(req: &HttpRequest, assets: &Assets) -> HttpResponse {
+    page_response(req, &assets.index, CONTENT_SECURITY_POLICY)
+}
+
+/// `GET /api/v1/docs`: the API reference page.
+pub fn docs_page(req: &HttpRequest, assets: &Assets) -> HttpResponse {
+    page_response(req, &assets.docs, DOCS_CONTENT_SECURITY_POLICY)
 }
 
 /// `GET /`: the app.
@@ -145,7 +177,7 @@ pub async fn asset(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let (version, name) = path.into_inner();
-    let Some(file) = (name != "index.html")
+    let Some(file) = (!PAGES.contains(&name.as_str()))
         .then(|| StaticFiles::get(&name))
         .flatten()
     else {
@@ -222,10 +254,13 @@ mod tests {
     fn the_version_names_every_embedded_file_and_index_points_at_it() {
         let assets = Assets::load();
         assert_eq!(assets.version().len(), 12);
-        assert!(assets
-            .index_html
-            .contains(&format!("/assets/{}/", assets.version())));
-        assert!(!assets.index_html.contains(ASSET_BASE_PLACEHOLDER));
+        for page in [&assets.index, &assets.docs] {
+            assert!(page
+                .html
+                .contains(&format!("/assets/{}/", assets.version())));
+            assert!(!page.html.contains(ASSET_BASE_PLACEHOLDER));
+        }
+        assert_ne!(assets.index.etag, assets.docs.etag);
         assert!(StaticFiles::get("app.js").is_some());
         assert!(StaticFiles::get("README.md").is_none());
     }

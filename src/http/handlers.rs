@@ -2,7 +2,7 @@
 //! shape the answer (see `wire`). No business rules live here.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
 use super::error::ApiError;
 use super::extract;
@@ -29,10 +29,27 @@ const ORDERS_LIMIT: (i64, i64) = (50, 500);
 /// Default and maximum `limit` of `/leaderboard`.
 const LEADERBOARD_LIMIT: (i64, i64) = (100, 1_000);
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The process is up", body = HealthResponse),
+    ),
+)]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(HealthResponse { status: "ok" })
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Postgres and Redis both answer", body = ReadyResponse),
+        (status = 503, description = "Postgres or Redis does not answer", body = ReadyResponse),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (postgres, redis) = tokio::join!(crate::db::is_ready(&state.pool), state.bus.is_ready());
     let status = if postgres && redis {
@@ -40,9 +57,42 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    HttpResponse::build(status).json(serde_json::json!({"postgres": postgres, "redis": redis}))
+    HttpResponse::build(status).json(ReadyResponse { postgres, redis })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "documentation",
+    responses(
+        (status = 200, description = "This document (OpenAPI 3.1)", body = serde_json::Value),
+    ),
+)]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(super::openapi::document())
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/docs",
+    tag = "documentation",
+    responses(
+        (status = 200, description = "The reference page (Swagger UI, served by this binary)", body = String, content_type = "text/html"),
+        (status = 304, description = "Unchanged since the `ETag` named in `If-None-Match`"),
+    ),
+)]
+pub async fn api_docs(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    super::assets::docs_page(&req, &state.assets)
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4"),
+    ),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state
         .metrics
@@ -90,6 +140,15 @@ fn parse_credentials(body: &CredentialsRequest) -> Result<(Username, Password), 
     Ok((username, password))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "accounts",
+    request_body = CredentialsRequest,
+    responses(
+        (status = 201, description = "Registered and signed in", body = RegisterResponse),
+    ),
+)]
 pub async fn register(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -114,6 +173,15 @@ pub async fn register(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "accounts",
+    request_body = CredentialsRequest,
+    responses(
+        (status = 200, description = "Signed in", body = LoginResponse),
+    ),
+)]
 pub async fn login(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Reply {
     check_ip_limit(&state, &req)?;
     let body: CredentialsRequest = extract::json(&req, payload).await?;
@@ -135,18 +203,46 @@ fn invalid_credentials() -> ApiError {
     ApiError::from(crate::auth::AuthError::InvalidCredentials)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "accounts",
+    security(("user" = [])),
+    responses(
+        (status = 204, description = "The token is revoked on every replica"),
+    ),
+)]
 pub async fn logout(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     let claims = signed_in(&state, &req)?;
     state.auth.logout(&claims, &state.bus).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "accounts",
+    security(("user" = [])),
+    responses(
+        (status = 200, description = "The signed-in user", body = MeResponse),
+    ),
+)]
 pub async fn me(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     let claims = signed_in(&state, &req)?;
     let user = state.auth.me(claims.user_id).await?;
     Ok(HttpResponse::Ok().json(MeResponse::from(user)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/users/bulk",
+    tag = "admin",
+    security(("admin" = [])),
+    request_body = BulkUsersRequest,
+    responses(
+        (status = 201, description = "Created, with a token each", body = BulkUsersResponse),
+    ),
+)]
 pub async fn bulk_users(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -207,6 +303,16 @@ fn checked_text(value: &str, field: &str) -> Result<String, ApiError> {
     Ok(trimmed.to_string())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/players",
+    tag = "admin",
+    security(("admin" = [])),
+    request_body = NewPlayerRequest,
+    responses(
+        (status = 201, description = "Listed", body = PlayerResponse),
+    ),
+)]
 pub async fn create_player(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -242,12 +348,31 @@ pub async fn create_player(
     Ok(HttpResponse::Created().json(PlayerResponse::from(player)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/players",
+    tag = "players",
+    responses(
+        (status = 200, description = "Every player at the live price", body = Vec<PlayerResponse>),
+    ),
+)]
 pub async fn list_players(state: web::Data<AppState>) -> Reply {
     let players = state.players.list().await?;
     let body: Vec<PlayerResponse> = players.into_iter().map(PlayerResponse::from).collect();
     Ok(HttpResponse::Ok().json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/players/{id}",
+    tag = "players",
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Player id"),
+    ),
+    responses(
+        (status = 200, description = "The player", body = PlayerResponse),
+    ),
+)]
 pub async fn get_player(state: web::Data<AppState>, path: web::Path<String>) -> Reply {
     let id = extract::path_id(&path, "player")?;
     let player = state
@@ -258,6 +383,18 @@ pub async fn get_player(state: web::Data<AppState>, path: web::Path<String>) -> 
     Ok(HttpResponse::Ok().json(PlayerResponse::from(player)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/players/{id}/history",
+    tag = "players",
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Player id"),
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Most recent points to return, oldest first: default 500, at most 5000 (larger is capped)"),
+    ),
+    responses(
+        (status = 200, description = "Price points, oldest first", body = Vec<PricePointResponse>),
+    ),
+)]
 pub async fn player_history(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -280,6 +417,17 @@ async fn existing_player(state: &AppState, path: &str) -> Result<PlayerId, ApiEr
 }
 
 /// Addition: the most recently applied events of all players, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "players",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Default 20, at most 100 (larger is capped)"),
+    ),
+    responses(
+        (status = 200, description = "Applied events, newest first", body = Vec<RecordedEventResponse>),
+    ),
+)]
 pub async fn recent_events(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     let limit = extract::limit(&req, EVENTS_LIMIT.0, EVENTS_LIMIT.1)?;
     let events = state.pricing.recent_events(None, limit).await?;
@@ -288,6 +436,18 @@ pub async fn recent_events(state: web::Data<AppState>, req: HttpRequest) -> Repl
 }
 
 /// Addition: one player's most recently applied events, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/players/{id}/events",
+    tag = "players",
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Player id"),
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Default 20, at most 100 (larger is capped)"),
+    ),
+    responses(
+        (status = 200, description = "The player's applied events, newest first", body = Vec<RecordedEventResponse>),
+    ),
+)]
 pub async fn player_events(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -300,6 +460,20 @@ pub async fn player_events(
     Ok(HttpResponse::Ok().json(body))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "trading",
+    security(("user" = [])),
+    params(
+        super::openapi::IdempotencyKeyHeader,
+    ),
+    request_body = OrderRequest,
+    responses(
+        (status = 201, description = "Filled at the live price (`filled`, or `provisional` under `void_window`). A retry with the same key and body gets the stored answer", body = OrderResponse),
+        (status = 202, description = "Accepted as `pending` (the `delay` policy): it fills or is cancelled at `fills_at`; follow it with `GET /api/v1/orders/{id}` or the `user` channel", body = OrderResponse),
+    ),
+)]
 pub async fn place_order(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -349,6 +523,18 @@ fn validate_order(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    tag = "trading",
+    security(("user" = [])),
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Default 50, at most 500 (larger is capped)"),
+    ),
+    responses(
+        (status = 200, description = "The caller's orders, newest first", body = Vec<OrderResponse>),
+    ),
+)]
 pub async fn list_orders(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     let claims = signed_in(&state, &req)?;
     let limit = extract::limit(&req, ORDERS_LIMIT.0, ORDERS_LIMIT.1)?;
@@ -359,6 +545,18 @@ pub async fn list_orders(state: web::Data<AppState>, req: HttpRequest) -> Reply 
 
 /// `GET /api/v1/orders/{id}`: one of the caller's orders; 404 for anyone
 /// else's, as for an unknown id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "trading",
+    security(("user" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Order id"),
+    ),
+    responses(
+        (status = 200, description = "One of the caller's orders", body = OrderResponse),
+    ),
+)]
 pub async fn get_order(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -372,12 +570,30 @@ pub async fn get_order(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/portfolio",
+    tag = "trading",
+    security(("user" = [])),
+    responses(
+        (status = 200, description = "Cash and holdings at live prices", body = PortfolioResponse),
+    ),
+)]
 pub async fn portfolio(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     let claims = signed_in(&state, &req)?;
     let portfolio = state.trading.portfolio(claims.user_id).await?;
     Ok(HttpResponse::Ok().json(PortfolioResponse::from(portfolio)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/audit",
+    tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The books' invariants", body = AuditResponse),
+    ),
+)]
 pub async fn audit(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     extract::admin(&req, &state.auth)?;
     let report = state.ledger.audit().await?;
@@ -393,6 +609,20 @@ const SUSPECT_EVIDENCE: usize = 20;
 /// of the events that favour them more often than chance (see
 /// `fairness`). `lag_seconds` (default `trading.max_feed_lag_seconds`),
 /// `min_fills` (default 5) and `limit` narrow it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/fairness/suspects",
+    tag = "admin",
+    security(("admin" = [])),
+    params(
+        ("lag_seconds" = Option<i64>, Query, minimum = 0, description = "How far before an event a fill counts as ahead of it; default `trading.max_feed_lag_seconds`, capped at 600"),
+        ("min_fills" = Option<i64>, Query, minimum = 1, description = "Accounts with fewer fills are not scored; default 5"),
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Accounts to list: default 50, at most 500"),
+    ),
+    responses(
+        (status = 200, description = "Accounts ranked by how far their fills ahead of events exceed chance", body = crate::fairness::Review),
+    ),
+)]
 pub async fn fairness_suspects(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     extract::admin(&req, &state.auth)?;
     let max_lag = crate::config::MAX_FEED_LAG_SECONDS as i64;
@@ -415,6 +645,17 @@ pub async fn fairness_suspects(state: web::Data<AppState>, req: HttpRequest) -> 
 /// Longest `event_id` accepted.
 const MAX_EVENT_ID_CHARS: usize = 200;
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/feed/events",
+    tag = "feed",
+    security(("admin" = [])),
+    request_body = EventRequest,
+    responses(
+        (status = 202, description = "Applied: the price moved and trading on the player is locked", body = EventAppliedResponse),
+        (status = 200, description = "Already applied (same `event_id`): nothing changed", body = EventDuplicateResponse),
+    ),
+)]
 pub async fn push_event(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -430,6 +671,17 @@ pub async fn push_event(
 /// `ingest::webhook`). 403 when no secret is configured; 401 for a missing,
 /// malformed, stale or wrong signature, checked before anything else of the
 /// body.
+#[utoipa::path(
+    post,
+    path = "/api/v1/feed/webhook",
+    tag = "feed",
+    security(("webhook" = [])),
+    request_body = EventRequest,
+    responses(
+        (status = 202, description = "Applied", body = EventAppliedResponse),
+        (status = 200, description = "Already applied (same `event_id`): nothing changed", body = EventDuplicateResponse),
+    ),
+)]
 pub async fn feed_webhook(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -505,6 +757,17 @@ async fn apply_event(state: &AppState, body: EventRequest) -> Reply {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "websocket",
+    params(
+        ("token" = Option<String>, Query, description = "A user token: subscribes the socket to its `user` channel"),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol: see the `WebSocket` tag for its messages (`WsClientMessage`, `WsServerMessage`)"),
+    ),
+)]
 pub async fn websocket(state: web::Data<AppState>, req: HttpRequest, body: web::Payload) -> Reply {
     let query =
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
@@ -535,14 +798,32 @@ pub async fn websocket(state: web::Data<AppState>, req: HttpRequest, body: web::
     })
 }
 
-pub async fn wrong_method() -> Reply {
-    Err(ApiError::new(
+/// 405 for a method the route does not take, naming the ones it does.
+pub fn wrong_method(allow: &str) -> HttpResponse {
+    let mut response = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not take that method",
-    ))
+    )
+    .error_response();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allow) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/sales",
+    tag = "drops",
+    security(("admin" = [])),
+    request_body = NewSaleRequest,
+    responses(
+        (status = 201, description = "Created", body = SaleResponse),
+    ),
+)]
 pub async fn create_sale(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -600,18 +881,51 @@ pub async fn create_sale(
     Ok(HttpResponse::Created().json(SaleResponse::from(sale)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sales",
+    tag = "drops",
+    responses(
+        (status = 200, description = "Every sale with its live inventory", body = Vec<SaleResponse>),
+    ),
+)]
 pub async fn list_sales(state: web::Data<AppState>) -> Reply {
     let sales = state.sales.list().await?;
     let body: Vec<SaleResponse> = sales.into_iter().map(SaleResponse::from).collect();
     Ok(HttpResponse::Ok().json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sales/{id}",
+    tag = "drops",
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Sale id"),
+    ),
+    responses(
+        (status = 200, description = "The sale", body = SaleResponse),
+    ),
+)]
 pub async fn get_sale(state: web::Data<AppState>, path: web::Path<String>) -> Reply {
     let id = extract::path_id(&path, "sale")?;
     let sale = state.sales.get(id).await?;
     Ok(HttpResponse::Ok().json(SaleResponse::from(sale)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/sales/{id}/purchases",
+    tag = "drops",
+    security(("user" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Sale id"),
+        super::openapi::IdempotencyKeyHeader,
+    ),
+    request_body = PurchaseRequestBody,
+    responses(
+        (status = 202, description = "Units reserved; the charge settles shortly (`reserved` → `completed` or `failed`; nobody is charged for nothing). A retry with the same key and body gets the stored answer", body = PurchaseResponse),
+    ),
+)]
 pub async fn purchase(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -646,6 +960,19 @@ pub async fn purchase(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sales/{id}/purchases/{purchase_id}",
+    tag = "drops",
+    security(("user" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Sale id"),
+        ("purchase_id" = i64, Path, minimum = 1, description = "Purchase id"),
+    ),
+    responses(
+        (status = 200, description = "One of the caller's purchases", body = PurchaseResponse),
+    ),
+)]
 pub async fn get_purchase(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -663,6 +990,18 @@ pub async fn get_purchase(
     Ok(HttpResponse::Ok().json(PurchaseResponse::from(found)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/sales/{id}/purchases",
+    tag = "drops",
+    security(("user" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Sale id"),
+    ),
+    responses(
+        (status = 200, description = "The caller's purchases in this sale", body = Vec<PurchaseResponse>),
+    ),
+)]
 pub async fn list_purchases(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -675,6 +1014,19 @@ pub async fn list_purchases(
     Ok(HttpResponse::Ok().json(body))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/sales/{id}/waitlist",
+    tag = "drops",
+    security(("user" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Sale id"),
+    ),
+    responses(
+        (status = 201, description = "Joined; units released later go to the waitlist in order", body = WaitlistResponse),
+        (status = 200, description = "Already on it", body = WaitlistResponse),
+    ),
+)]
 pub async fn join_waitlist(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -691,6 +1043,18 @@ pub async fn join_waitlist(
     Ok(HttpResponse::build(status).json(WaitlistResponse { position }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/sales/{id}/audit",
+    tag = "admin",
+    security(("admin" = [])),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Sale id"),
+    ),
+    responses(
+        (status = 200, description = "Units and charges reconciled", body = SaleAuditResponse),
+    ),
+)]
 pub async fn sale_audit(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -702,6 +1066,17 @@ pub async fn sale_audit(
     Ok(HttpResponse::Ok().json(SaleAuditResponse::from(audit)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/leaderboard",
+    tag = "leaderboard",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, description = "Default 100, at most 1000 (larger is capped)"),
+    ),
+    responses(
+        (status = 200, description = "Ranked by net worth at live prices", body = LeaderboardResponse),
+    ),
+)]
 pub async fn leaderboard(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     let limit = extract::limit(&req, LEADERBOARD_LIMIT.0, LEADERBOARD_LIMIT.1)?;
     let ranking = state
@@ -714,6 +1089,15 @@ pub async fn leaderboard(state: web::Data<AppState>, req: HttpRequest) -> Reply 
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/leaderboard/me",
+    tag = "leaderboard",
+    security(("user" = [])),
+    responses(
+        (status = 200, description = "The caller's rank", body = StandingResponse),
+    ),
+)]
 pub async fn leaderboard_me(state: web::Data<AppState>, req: HttpRequest) -> Reply {
     let claims = signed_in(&state, &req)?;
     let place = state.leaderboard.place(claims.user_id).await?;

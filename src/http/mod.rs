@@ -7,13 +7,15 @@ mod assets;
 mod error;
 mod extract;
 mod handlers;
+pub mod openapi;
 pub mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::Service;
-use actix_web::{web, App, HttpServer};
+use actix_web::http::Method;
+use actix_web::{web, App, HttpServer, Resource, Route};
 use deadpool_postgres::Pool;
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -60,69 +62,126 @@ pub struct AppState {
 /// Registers every route of API.md, and the browser app's.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use handlers::*;
-    let resource = |path: &str| web::resource(path).default_service(web::to(wrong_method));
-    cfg.service(
-        resource("/")
-            .route(web::get().to(assets::index))
-            .route(web::head().to(assets::index)),
-    )
+    use Method as M;
+    cfg.service(resource(
+        "/",
+        [
+            (M::GET, web::to(assets::index)),
+            (M::HEAD, web::to(assets::index)),
+        ],
+    ))
     .service(
-        resource("/assets/{version}/{name:.*}")
-            .wrap(actix_web::middleware::Compress::default())
-            .route(web::get().to(assets::asset))
-            .route(web::head().to(assets::asset)),
+        resource(
+            "/assets/{version}/{name:.*}",
+            [
+                (M::GET, web::to(assets::asset)),
+                (M::HEAD, web::to(assets::asset)),
+            ],
+        )
+        .wrap(actix_web::middleware::Compress::default()),
     )
-    .service(resource("/healthz").route(web::get().to(healthz)))
-    .service(resource("/readyz").route(web::get().to(readyz)))
-    .service(resource("/metrics").route(web::get().to(metrics)))
-    .service(resource("/ws").route(web::get().to(websocket)))
+    .service(resource("/healthz", [(M::GET, web::to(healthz))]))
+    .service(resource("/readyz", [(M::GET, web::to(readyz))]))
+    .service(resource("/metrics", [(M::GET, web::to(metrics))]))
+    .service(resource("/ws", [(M::GET, web::to(websocket))]))
     .service(
         web::scope("/api/v1")
-            .service(resource("/auth/register").route(web::post().to(register)))
-            .service(resource("/auth/login").route(web::post().to(login)))
-            .service(resource("/auth/logout").route(web::post().to(logout)))
-            .service(resource("/me").route(web::get().to(me)))
-            .service(resource("/players").route(web::get().to(list_players)))
-            .service(resource("/players/{id}").route(web::get().to(get_player)))
-            .service(resource("/players/{id}/events").route(web::get().to(player_events)))
-            .service(resource("/events").route(web::get().to(recent_events)))
+            .service(resource("/auth/register", [(M::POST, web::to(register))]))
+            .service(resource("/auth/login", [(M::POST, web::to(login))]))
+            .service(resource("/auth/logout", [(M::POST, web::to(logout))]))
+            .service(resource("/me", [(M::GET, web::to(me))]))
+            .service(resource("/players", [(M::GET, web::to(list_players))]))
+            .service(resource("/players/{id}", [(M::GET, web::to(get_player))]))
+            .service(resource(
+                "/players/{id}/events",
+                [(M::GET, web::to(player_events))],
+            ))
+            .service(resource("/events", [(M::GET, web::to(recent_events))]))
             // A chart's or sparkline's history is repetitive JSON: gzip
             // shrinks it several times over for phones on a stadium's network.
             .service(
-                resource("/players/{id}/history")
-                    .wrap(actix_web::middleware::Compress::default())
-                    .route(web::get().to(player_history)),
+                resource("/players/{id}/history", [(M::GET, web::to(player_history))])
+                    .wrap(actix_web::middleware::Compress::default()),
             )
-            .service(
-                resource("/orders")
-                    .route(web::post().to(place_order))
-                    .route(web::get().to(list_orders)),
-            )
-            .service(resource("/orders/{id}").route(web::get().to(get_order)))
-            .service(resource("/portfolio").route(web::get().to(portfolio)))
-            .service(resource("/leaderboard").route(web::get().to(leaderboard)))
-            .service(resource("/leaderboard/me").route(web::get().to(leaderboard_me)))
-            .service(resource("/admin/users/bulk").route(web::post().to(bulk_users)))
-            .service(resource("/admin/players").route(web::post().to(create_player)))
-            .service(resource("/admin/audit").route(web::get().to(audit)))
-            .service(resource("/admin/fairness/suspects").route(web::get().to(fairness_suspects)))
-            .service(resource("/admin/feed/events").route(web::post().to(push_event)))
-            .service(resource("/feed/webhook").route(web::post().to(feed_webhook)))
-            .service(resource("/admin/sales").route(web::post().to(create_sale)))
-            .service(resource("/admin/sales/{id}/audit").route(web::get().to(sale_audit)))
-            .service(resource("/sales").route(web::get().to(list_sales)))
-            .service(resource("/sales/{id}").route(web::get().to(get_sale)))
-            .service(
-                resource("/sales/{id}/purchases")
-                    .route(web::post().to(purchase))
-                    .route(web::get().to(list_purchases)),
-            )
-            .service(
-                resource("/sales/{id}/purchases/{purchase_id}").route(web::get().to(get_purchase)),
-            )
-            .service(resource("/sales/{id}/waitlist").route(web::post().to(join_waitlist))),
+            .service(resource(
+                "/orders",
+                [
+                    (M::POST, web::to(place_order)),
+                    (M::GET, web::to(list_orders)),
+                ],
+            ))
+            .service(resource("/orders/{id}", [(M::GET, web::to(get_order))]))
+            .service(resource("/portfolio", [(M::GET, web::to(portfolio))]))
+            .service(resource("/leaderboard", [(M::GET, web::to(leaderboard))]))
+            .service(resource(
+                "/leaderboard/me",
+                [(M::GET, web::to(leaderboard_me))],
+            ))
+            .service(resource(
+                "/admin/users/bulk",
+                [(M::POST, web::to(bulk_users))],
+            ))
+            .service(resource(
+                "/admin/players",
+                [(M::POST, web::to(create_player))],
+            ))
+            .service(resource("/admin/audit", [(M::GET, web::to(audit))]))
+            .service(resource(
+                "/admin/fairness/suspects",
+                [(M::GET, web::to(fairness_suspects))],
+            ))
+            .service(resource(
+                "/admin/feed/events",
+                [(M::POST, web::to(push_event))],
+            ))
+            .service(resource(
+                "/feed/webhook",
+                [(M::POST, web::to(feed_webhook))],
+            ))
+            .service(resource("/admin/sales", [(M::POST, web::to(create_sale))]))
+            .service(resource(
+                "/admin/sales/{id}/audit",
+                [(M::GET, web::to(sale_audit))],
+            ))
+            .service(resource("/sales", [(M::GET, web::to(list_sales))]))
+            .service(resource("/sales/{id}", [(M::GET, web::to(get_sale))]))
+            .service(resource(
+                "/sales/{id}/purchases",
+                [
+                    (M::POST, web::to(purchase)),
+                    (M::GET, web::to(list_purchases)),
+                ],
+            ))
+            .service(resource(
+                "/sales/{id}/purchases/{purchase_id}",
+                [(M::GET, web::to(get_purchase))],
+            ))
+            .service(resource(
+                "/sales/{id}/waitlist",
+                [(M::POST, web::to(join_waitlist))],
+            ))
+            .service(resource("/openapi.json", [(M::GET, web::to(openapi_json))]))
+            .service(resource("/docs", [(M::GET, web::to(api_docs))])),
     )
     .default_service(web::to(assets::fallback));
+}
+
+/// A resource answering `routes`' methods; any other method is 405 with an
+/// `Allow` header naming them (RFC 9110 §15.5.6).
+fn resource<const N: usize>(path: &str, routes: [(Method, Route); N]) -> Resource {
+    let allow: String = routes
+        .iter()
+        .map(|(method, _)| method.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut resource = web::resource(path).default_service(web::to(move || {
+        let allow = allow.clone();
+        async move { handlers::wrong_method(&allow) }
+    }));
+    for (method, route) in routes {
+        resource = resource.route(route.method(method));
+    }
+    resource
 }
 
 /// Most bytes of header names and values one request may carry (actix's own

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::UserRecord;
 use crate::ledger::AuditReport;
@@ -13,13 +14,32 @@ pub fn timestamp(ts: DateTime<Utc>) -> String {
     ts.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-#[derive(Deserialize)]
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct HealthResponse {
+    #[schema(value_type = String, example = "ok")]
+    pub status: &'static str,
+}
+
+/// `GET /readyz`: whether each backing service answers.
+#[derive(Serialize, ToSchema)]
+pub struct ReadyResponse {
+    pub postgres: bool,
+    pub redis: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
 pub struct CredentialsRequest {
+    /// 3–32 characters of `a-z`, `0-9` and `_`. Registration refuses any
+    /// other with 422; login answers 401 `invalid_credentials`.
+    #[schema(example = "alice", pattern = "^[a-z0-9_]{3,32}$")]
     pub username: String,
+    /// 8–128 characters.
+    #[schema(example = "correct horse", min_length = 8, max_length = 128)]
     pub password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RegisterResponse {
     pub user_id: i64,
     pub username: String,
@@ -27,14 +47,14 @@ pub struct RegisterResponse {
     pub balance_cents: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     pub user_id: i64,
     pub username: String,
     pub token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MeResponse {
     pub user_id: i64,
     pub username: String,
@@ -53,27 +73,39 @@ impl From<UserRecord> for MeResponse {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct BulkUsersRequest {
+    #[schema(minimum = 1, maximum = 10000)]
     pub count: i64,
+    /// Usernames are `prefix1` … `prefix{count}`; each must be a valid
+    /// username.
+    #[schema(example = "bot_")]
     pub prefix: String,
+    /// Opening cash of each; default `accounts.starting_balance_cents`.
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
     pub balance_cents: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BulkUsersResponse {
     pub users: Vec<LoginResponse>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewPlayerRequest {
+    /// 1–100 printable characters after trimming; so are `team` and
+    /// `position`.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    #[schema(min_length = 1, max_length = 100)]
     pub team: String,
+    #[schema(min_length = 1, max_length = 100)]
     pub position: String,
+    #[schema(minimum = 1, maximum = 100000000000_i64)]
     pub price_cents: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PlayerResponse {
     pub id: i64,
     pub name: String,
@@ -81,6 +113,7 @@ pub struct PlayerResponse {
     pub position: String,
     pub price_cents: i64,
     pub epoch: i64,
+    #[schema(format = DateTime)]
     pub locked_until: Option<String>,
     /// Addition: the day's opening price (see `Player::open_price`).
     pub open_price_cents: i64,
@@ -103,14 +136,18 @@ impl From<Player> for PlayerResponse {
 
 /// Addition: an applied event, as `GET /events` and
 /// `GET /players/{id}/events` list it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RecordedEventResponse {
     pub event_id: String,
     pub match_id: String,
+    #[schema(example = 1)]
     pub player_id: i64,
+    #[schema(value_type = super::openapi::EventKindName)]
     pub kind: String,
     pub minute: Option<i32>,
+    #[schema(format = DateTime)]
     pub occurred_at: String,
+    #[schema(format = DateTime)]
     pub applied_at: String,
     pub price_before_cents: i64,
     pub price_cents: i64,
@@ -140,8 +177,9 @@ impl From<crate::pricing::RecordedEvent> for RecordedEventResponse {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PricePointResponse {
+    #[schema(format = DateTime)]
     pub ts: String,
     pub price_cents: i64,
 }
@@ -157,37 +195,49 @@ impl From<PricePoint> for PricePointResponse {
 
 /// An order as sent; the canonical re-serialisation of this is what the
 /// idempotency fingerprint covers.
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 pub struct OrderRequest {
+    #[schema(example = 1)]
     pub player_id: i64,
+    #[schema(value_type = super::openapi::SideName)]
     pub side: String,
+    #[schema(minimum = 1, maximum = 1000000)]
     pub quantity: i64,
+    /// A buy fills only at or below it, a sell only at or above it;
+    /// otherwise 409 `price_moved`.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub limit_price_cents: Option<i64>,
 }
 
 /// An order: the 201 body (filled, provisional), the 202 body (pending),
 /// and what `GET /orders` lists (also cancelled and voided ones). The fill
 /// fields are null while nothing has filled.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OrderResponse {
     pub order_id: i64,
     pub player_id: i64,
+    #[schema(value_type = super::openapi::SideName)]
     pub side: &'static str,
     pub quantity: i64,
     pub price_cents: Option<i64>,
     pub total_cents: Option<i64>,
     pub balance_cents: Option<i64>,
     pub epoch: Option<i64>,
+    #[schema(value_type = super::openapi::OrderStatusName)]
     pub status: &'static str,
+    #[schema(format = DateTime)]
     pub executed_at: Option<String>,
     /// Extension (`void_window`): when a provisional fill becomes final.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub final_at: Option<String>,
     /// Extension (`delay`): when the order was placed and when it fills.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub requested_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub fills_at: Option<String>,
     /// Extension: why an order was cancelled or voided.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -233,7 +283,7 @@ impl From<Order> for OrderResponse {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct HoldingResponse {
     pub player_id: i64,
     pub quantity: i64,
@@ -246,7 +296,7 @@ pub struct HoldingResponse {
     pub profit_cents: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PortfolioResponse {
     pub cash_cents: i64,
     pub held_cents: i64,
@@ -284,7 +334,7 @@ impl From<Portfolio> for PortfolioResponse {
 }
 
 /// One row of the leaderboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaderboardEntry {
     pub rank: i64,
     pub user_id: i64,
@@ -292,32 +342,36 @@ pub struct LeaderboardEntry {
     pub net_worth_cents: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LeaderboardResponse {
+    #[schema(format = DateTime)]
     pub as_of: String,
     pub entries: Vec<LeaderboardEntry>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StandingResponse {
     pub rank: i64,
     pub net_worth_cents: i64,
     pub total_users: i64,
+    #[schema(format = DateTime)]
     pub as_of: String,
 }
 
 /// `{"type":"portfolio",…}` on the `user` channel (an extension): the
 /// `/portfolio` body valued at the replica's live prices.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PortfolioMessage {
     #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = "^portfolio$")]
     pub message_type: &'static str,
+    #[schema(format = DateTime)]
     pub as_of: String,
     #[serde(flatten)]
     pub portfolio: PortfolioResponse,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AuditResponse {
     pub users: i64,
     pub cash_cents_total: i64,
@@ -349,47 +403,67 @@ impl From<AuditReport> for AuditResponse {
 }
 
 /// A pushed match event (`POST /api/v1/admin/feed/events`).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct EventRequest {
+    /// The feed's id: an event is applied once, a repeat is a 200
+    /// duplicate. 1–200 printable characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub event_id: String,
+    /// 1–100 printable characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub match_id: String,
+    #[schema(example = 1)]
     pub player_id: i64,
+    #[schema(value_type = super::openapi::EventKindName)]
     pub kind: String,
+    /// When it happened at the stadium (RFC 3339).
+    #[schema(format = DateTime)]
     pub occurred_at: String,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 200)]
     pub minute: Option<i32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EventAppliedResponse {
     pub applied: bool,
     pub player_id: i64,
     pub price_cents: i64,
     pub epoch: i64,
+    #[schema(format = DateTime)]
     pub locked_until: String,
+    #[schema(format = DateTime)]
     pub applied_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct EventDuplicateResponse {
     pub applied: bool,
     pub duplicate: bool,
 }
 
 /// `POST /api/v1/admin/sales`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewSaleRequest {
+    #[schema(example = 1)]
     pub player_id: i64,
+    /// 1–100 printable characters after trimming.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    #[schema(minimum = 1, maximum = 1000000)]
     pub total_units: i64,
+    #[schema(minimum = 1, maximum = 100000000000_i64)]
     pub unit_price_cents: i64,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub max_per_user: Option<i64>,
+    /// Default: now.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub starts_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SaleResponse {
     pub sale_id: i64,
     pub player_id: i64,
@@ -398,7 +472,9 @@ pub struct SaleResponse {
     pub remaining_units: i64,
     pub unit_price_cents: i64,
     pub max_per_user: Option<i64>,
+    #[schema(value_type = super::openapi::SaleStatusName)]
     pub status: &'static str,
+    #[schema(format = DateTime)]
     pub starts_at: String,
 }
 
@@ -419,16 +495,18 @@ impl From<crate::sales::Sale> for SaleResponse {
 }
 
 /// `POST /api/v1/sales/{id}/purchases`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct PurchaseRequestBody {
+    #[schema(minimum = 1, maximum = 1000000)]
     pub quantity: i64,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, ToSchema)]
 pub struct PurchaseResponse {
     pub purchase_id: i64,
     pub sale_id: i64,
     pub quantity: i64,
+    #[schema(value_type = super::openapi::PurchaseStatusName)]
     pub status: &'static str,
     pub failure_reason: Option<String>,
     pub share_numbers: Option<Vec<i64>>,
@@ -447,12 +525,12 @@ impl From<crate::sales::Purchase> for PurchaseResponse {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct WaitlistResponse {
     pub position: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SaleAuditResponse {
     pub total_units: i64,
     pub completed_units: i64,

@@ -91,6 +91,8 @@ pub enum SaleStatus {
 }
 
 impl SaleStatus {
+    pub const ALL: [SaleStatus; 3] = [SaleStatus::Scheduled, SaleStatus::Open, SaleStatus::SoldOut];
+
     /// The API's name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,6 +132,13 @@ pub enum PurchaseStatus {
 }
 
 impl PurchaseStatus {
+    pub const ALL: [PurchaseStatus; 4] = [
+        PurchaseStatus::Reserved,
+        PurchaseStatus::Held,
+        PurchaseStatus::Completed,
+        PurchaseStatus::Failed,
+    ];
+
     /// The API's name (also the stored one).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -142,14 +151,9 @@ impl PurchaseStatus {
 
     /// Parses a stored status.
     pub fn parse(value: &str) -> Option<PurchaseStatus> {
-        [
-            PurchaseStatus::Reserved,
-            PurchaseStatus::Held,
-            PurchaseStatus::Completed,
-            PurchaseStatus::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == value)
+        PurchaseStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == value)
     }
 }
 

@@ -95,6 +95,15 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Every status, in the order an order can pass through them.
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Provisional,
+        OrderStatus::Filled,
+        OrderStatus::Cancelled,
+        OrderStatus::Voided,
+    ];
+
     /// The API name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -108,15 +117,9 @@ impl OrderStatus {
 
     /// The status named `name`.
     pub fn parse(name: &str) -> Option<OrderStatus> {
-        [
-            OrderStatus::Pending,
-            OrderStatus::Provisional,
-            OrderStatus::Filled,
-            OrderStatus::Cancelled,
-            OrderStatus::Voided,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == name)
+        OrderStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
     }
 }
 

@@ -338,6 +338,41 @@ impl TestApp {
     }
 }
 
+/// Panics unless `frame` is a `WsServerMessage` as the OpenAPI document
+/// describes it: every frame any API test receives is checked.
+pub fn assert_documented_frame(frame: &Value) {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| documented_schema("WsServerMessage"));
+    let errors: Vec<String> = validator
+        .iter_errors(frame)
+        .map(|error| format!("{} at {}", error, error.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "frame does not match WsServerMessage: {frame}\n{}",
+        errors.join("\n")
+    );
+}
+
+/// A validator for the component schema `name` of the served OpenAPI
+/// document (its references made local to a standalone JSON Schema).
+pub fn documented_schema(name: &str) -> jsonschema::Validator {
+    let document = matchday::http::openapi::document();
+    let schemas = document["components"]["schemas"]
+        .to_string()
+        .replace("#/components/schemas/", "#/$defs/");
+    let defs: Value = serde_json::from_str(&schemas).expect("schemas are JSON");
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$defs": defs,
+        "$ref": format!("#/$defs/{name}"),
+    });
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the documented schema compiles")
+}
+
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -381,7 +416,9 @@ impl WsClient {
                 Err(_) => return WsRead::Timeout,
                 Ok(None) | Ok(Some(Err(_))) => return WsRead::Closed(None),
                 Ok(Some(Ok(Message::Text(text)))) => {
-                    return WsRead::Json(serde_json::from_str(&text).expect("server sends JSON"))
+                    let frame: Value = serde_json::from_str(&text).expect("server sends JSON");
+                    assert_documented_frame(&frame);
+                    return WsRead::Json(frame);
                 }
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     return WsRead::Closed(frame.map(|f| u16::from(f.code)))

@@ -11,6 +11,7 @@ mod hostile;
 mod idempotency;
 mod leaderboard;
 mod leadership;
+mod openapi;
 mod players;
 mod policies;
 mod properties;
