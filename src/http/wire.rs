@@ -30,9 +30,10 @@ pub struct ReadyResponse {
 
 #[derive(Deserialize, ToSchema)]
 pub struct CredentialsRequest {
-    /// 3–32 characters of `a-z`, `0-9` and `_`. Registration refuses any
-    /// other with 422; login answers 401 `invalid_credentials`.
-    #[schema(example = "alice", pattern = "^[a-z0-9_]{3,32}$")]
+    /// 3–32 characters of `a-z`, `0-9` and `_`; capitals are lower-cased
+    /// (`Alice` is `alice`). Registration refuses any other with 422; login
+    /// answers 401 `invalid_credentials`.
+    #[schema(example = "alice", pattern = "^[A-Za-z0-9_]{3,32}$")]
     pub username: String,
     /// 8–128 characters.
     #[schema(example = "correct horse", min_length = 8, max_length = 128)]
@@ -93,13 +94,14 @@ pub struct BulkUsersResponse {
 
 #[derive(Deserialize, ToSchema)]
 pub struct NewPlayerRequest {
-    /// 1–100 printable characters after trimming; so are `team` and
+    /// 1–100 characters once surrounding whitespace is trimmed, none of
+    /// them control characters (422 otherwise); so are `team` and
     /// `position`.
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(min_length = 1)]
     pub name: String,
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(min_length = 1)]
     pub team: String,
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(min_length = 1)]
     pub position: String,
     #[schema(minimum = 1, maximum = 100000000000_i64)]
     pub price_cents: i64,
@@ -113,7 +115,7 @@ pub struct PlayerResponse {
     pub position: String,
     pub price_cents: i64,
     pub epoch: i64,
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, required = true)]
     pub locked_until: Option<String>,
     /// Addition: the day's opening price (see `Player::open_price`).
     pub open_price_cents: i64,
@@ -144,6 +146,7 @@ pub struct RecordedEventResponse {
     pub player_id: i64,
     #[schema(value_type = super::openapi::EventKindName)]
     pub kind: String,
+    #[schema(required = true)]
     pub minute: Option<i32>,
     #[schema(format = DateTime)]
     pub occurred_at: String,
@@ -220,13 +223,17 @@ pub struct OrderResponse {
     #[schema(value_type = super::openapi::SideName)]
     pub side: &'static str,
     pub quantity: i64,
+    #[schema(required = true)]
     pub price_cents: Option<i64>,
+    #[schema(required = true)]
     pub total_cents: Option<i64>,
+    #[schema(required = true)]
     pub balance_cents: Option<i64>,
+    #[schema(required = true)]
     pub epoch: Option<i64>,
     #[schema(value_type = super::openapi::OrderStatusName)]
     pub status: &'static str,
-    #[schema(format = DateTime)]
+    #[schema(format = DateTime, required = true)]
     pub executed_at: Option<String>,
     /// Extension (`void_window`): when a provisional fill becomes final.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -447,8 +454,9 @@ pub struct EventDuplicateResponse {
 pub struct NewSaleRequest {
     #[schema(example = 1)]
     pub player_id: i64,
-    /// 1–100 printable characters after trimming.
-    #[schema(min_length = 1, max_length = 100)]
+    /// 1–100 characters once surrounding whitespace is trimmed, none of
+    /// them control characters (422 otherwise).
+    #[schema(min_length = 1)]
     pub name: String,
     #[schema(minimum = 1, maximum = 1000000)]
     pub total_units: i64,
@@ -471,6 +479,7 @@ pub struct SaleResponse {
     pub total_units: i64,
     pub remaining_units: i64,
     pub unit_price_cents: i64,
+    #[schema(required = true)]
     pub max_per_user: Option<i64>,
     #[schema(value_type = super::openapi::SaleStatusName)]
     pub status: &'static str,
@@ -508,7 +517,9 @@ pub struct PurchaseResponse {
     pub quantity: i64,
     #[schema(value_type = super::openapi::PurchaseStatusName)]
     pub status: &'static str,
+    #[schema(required = true)]
     pub failure_reason: Option<String>,
+    #[schema(required = true)]
     pub share_numbers: Option<Vec<i64>>,
 }
 
@@ -537,6 +548,7 @@ pub struct SaleAuditResponse {
     pub held_units: i64,
     pub reserved_units: i64,
     pub remaining_units: i64,
+    #[schema(required = true)]
     pub inventory_counter: Option<i64>,
     pub unit_mismatches: i64,
     pub charge_mismatches: i64,

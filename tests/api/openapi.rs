@@ -243,6 +243,10 @@ fn the_websocket_schemas_accept_real_frames_and_reject_wrong_ones() {
         client.is_valid(&json!({"op": "subscribe", "channels": ["player:12", "sale:3", "events"]}))
     );
     assert!(client.is_valid(&json!({"op": "ping"})));
-    assert!(!client.is_valid(&json!({"op": "subscribe"})));
+    assert!(
+        client.is_valid(&json!({"op": "subscribe"})),
+        "channels default to []"
+    );
+    assert!(!client.is_valid(&json!({"op": "subscribe", "channels": ["player:x"]})));
     assert!(!client.is_valid(&json!({"op": "dance"})));
 }
