@@ -69,7 +69,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     ),
 )]
 pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(super::openapi::document())
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(super::openapi::document_json())
 }
 
 #[utoipa::path(

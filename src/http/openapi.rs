@@ -178,6 +178,12 @@ pub fn document() -> &'static Value {
     DOCUMENT.get_or_init(build)
 }
 
+/// [`document`] serialised once, as `GET /api/v1/openapi.json` sends it.
+pub fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| document().to_string())
+}
+
 fn build() -> Value {
     let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     let websocket: Value =
