@@ -13,6 +13,7 @@
 //! (`players::gate`), so no event can land between the read and the commit;
 //! portfolios are valued through [`PriceReader`].
 
+pub mod batch;
 mod pg;
 
 use std::sync::Arc;
