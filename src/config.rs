@@ -87,6 +87,12 @@ pub struct TradingSettings {
     pub fairness_policy: FairnessPolicy,
     /// `delay`: how long every order waits before it fills.
     pub delay_seconds: f64,
+    /// Group commit: most orders in one transaction (1: no batching).
+    pub batch_max_orders: usize,
+    /// Longest the first order of a batch waits for others.
+    pub batch_wait_ms: u64,
+    /// Batches applied at once.
+    pub batch_executors: usize,
 }
 
 /// Longest `trading.delay_seconds` accepted.
@@ -324,6 +330,16 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "trading.delay_seconds must be 0-{MAX_DELAY_SECONDS}"
             )));
+        }
+        let trading = &self.trading;
+        if !(1..=10_000).contains(&trading.batch_max_orders)
+            || !(1..=64).contains(&trading.batch_executors)
+            || trading.batch_wait_ms > 1_000
+        {
+            return Err(ConfigError::Invalid(
+                "trading.batch_max_orders must be 1-10000, batch_executors 1-64, batch_wait_ms 0-1000"
+                    .into(),
+            ));
         }
         if let Some(secret) = &self.feed.webhook_secret {
             if secret.expose().len() < 32 {

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub leaderboard_written: IntCounter,
     /// Accounts in this replica's snapshot.
     pub leaderboard_accounts: IntGauge,
+    /// Orders per group-commit batch.
+    pub order_batch_size: prometheus::Histogram,
+    /// How long a batch's first order waited to be applied.
+    pub order_queue_seconds: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -84,6 +88,24 @@ impl Metrics {
         registry.register(Box::new(leaderboard_seconds.clone()))?;
         registry.register(Box::new(leaderboard_written.clone()))?;
         registry.register(Box::new(leaderboard_accounts.clone()))?;
+        let order_batch_size = prometheus::Histogram::with_opts(
+            HistogramOpts::new("order_batch_size", "Orders per group-commit transaction").buckets(
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+        )?;
+        let order_queue_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "order_queue_seconds",
+                "Queue wait of each batch's first order before its transaction",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        )?;
+        registry.register(Box::new(order_batch_size.clone()))?;
+        registry.register(Box::new(order_queue_seconds.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -95,6 +117,8 @@ impl Metrics {
             leaderboard_seconds,
             leaderboard_written,
             leaderboard_accounts,
+            order_batch_size,
+            order_queue_seconds,
         })
     }
 

@@ -116,12 +116,28 @@ impl Application {
             shutdown_rx.clone(),
         )
         .await?;
-        let trading = Arc::new(TradingService::new(
-            Arc::new(PgOrders::new(pool.clone(), fairness)),
-            players.clone(),
-            publisher.clone(),
-            leaderboard.clone(),
-        ));
+        let batch_metrics = metrics.clone();
+        let trading = Arc::new(
+            TradingService::new(
+                Arc::new(PgOrders::new(pool.clone(), fairness)),
+                players.clone(),
+                publisher.clone(),
+                leaderboard.clone(),
+            )
+            .with_batches(
+                crate::trading::batch::BatchLimits {
+                    max: settings.trading.batch_max_orders,
+                    wait: std::time::Duration::from_millis(settings.trading.batch_wait_ms),
+                    executors: settings.trading.batch_executors,
+                },
+                move |shape| {
+                    batch_metrics.order_batch_size.observe(shape.size as f64);
+                    batch_metrics
+                        .order_queue_seconds
+                        .observe(shape.oldest_wait.as_secs_f64());
+                },
+            ),
+        );
         let pricing = Arc::new(
             PricingService::new(
                 prices.clone(),

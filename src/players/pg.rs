@@ -175,6 +175,24 @@ pub async fn enter_trade_gate(
     Ok(())
 }
 
+/// A batch of orders passes the gates of all its players, in ascending
+/// order of their lock keys (so two batches cannot deadlock).
+pub async fn enter_trade_gates(
+    tx: &tokio_postgres::Transaction<'_>,
+    players: &[PlayerId],
+) -> Result<(), tokio_postgres::Error> {
+    let mut keys: Vec<i32> = players.iter().map(|player| gate_key(*player)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    tx.execute(
+        "SELECT count(pg_advisory_xact_lock_shared($1, k))
+           FROM (SELECT k FROM unnest($2::int[]) AS k ORDER BY k) gates",
+        &[&TRADE_GATE_CLASS, &keys],
+    )
+    .await?;
+    Ok(())
+}
+
 /// An event closes its player's gate (exclusive) until its transaction
 /// ends: it waits for the orders inside, and orders arriving after it queue
 /// behind it. Heavyweight locks queue fairly, so a stream of orders cannot

@@ -170,7 +170,10 @@ mod tests {
         let sizes = sizes.lock().unwrap();
         assert_eq!(sizes.iter().sum::<usize>(), 500);
         assert!(sizes.iter().all(|size| (1..=8).contains(size)), "{sizes:?}");
-        assert!(sizes.iter().any(|size| *size > 1), "concurrent jobs were batched: {sizes:?}");
+        assert!(
+            sizes.iter().any(|size| *size > 1),
+            "concurrent jobs were batched: {sizes:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -189,7 +192,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn with_no_wait_a_lone_job_runs_at_once() {
-        let batcher = Batcher::spawn(limits(100, 0, 1), |jobs: Vec<u8>| async move { jobs }, |_| {});
+        let batcher = Batcher::spawn(
+            limits(100, 0, 1),
+            |jobs: Vec<u8>| async move { jobs },
+            |_| {},
+        );
         let started = Instant::now();
         assert_eq!(batcher.submit(1).await, Some(1));
         assert_eq!(started.elapsed(), Duration::ZERO);

@@ -308,6 +308,16 @@ pub trait OrderStore: Send + Sync {
     /// Executes `order` at the live price atomically with its idempotency
     /// record, or reports why not.
     async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError>;
+    /// Places `orders` together (group commit): each answered exactly as
+    /// [`OrderStore::place`] would have, as if placed one by one in some
+    /// order, and only once the whole batch is durable.
+    async fn place_batch(&self, orders: Vec<NewOrder>) -> Vec<Result<Placed, TradingError>> {
+        let mut results = Vec::with_capacity(orders.len());
+        for order in &orders {
+            results.push(self.place(order).await);
+        }
+        results
+    }
     /// The user's latest orders, newest first.
     async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Order>, Unexpected>;
     /// One of the user's orders.
@@ -333,6 +343,8 @@ pub struct TradingService {
     prices: Arc<dyn PriceReader>,
     notifier: Arc<dyn FillNotifier>,
     accounts: Arc<dyn AccountSink>,
+    /// Group commit, when on.
+    batches: Option<batch::Batcher<NewOrder, Result<Placed, TradingError>>>,
 }
 
 impl TradingService {
@@ -349,13 +361,43 @@ impl TradingService {
             prices,
             notifier,
             accounts,
+            batches: None,
         }
+    }
+
+    /// Places orders in group-commit batches (`limits.max` > 1), telling
+    /// `observe` of each batch. Needs a Tokio runtime.
+    pub fn with_batches(
+        mut self,
+        limits: batch::BatchLimits,
+        observe: impl Fn(batch::BatchShape) + Send + Sync + 'static,
+    ) -> TradingService {
+        if limits.max > 1 {
+            let store = self.store.clone();
+            self.batches = Some(batch::Batcher::spawn(
+                limits,
+                move |orders| {
+                    let store = store.clone();
+                    async move { store.place_batch(orders).await }
+                },
+                observe,
+            ));
+        }
+        self
     }
 
     /// Places an order at the live price.
     #[tracing::instrument(skip_all, fields(user_id = %order.user, player_id = %order.player))]
     pub async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError> {
-        let mut placed = self.store.place(order).await?;
+        let placed = match &self.batches {
+            Some(batches) => batches.submit(order.clone()).await.unwrap_or_else(|| {
+                Err(TradingError::Unexpected(Unexpected::msg(
+                    "the order executors have stopped",
+                )))
+            }),
+            None => self.store.place(order).await,
+        };
+        let mut placed = placed?;
         if let Some(account) = placed.account.take() {
             self.accounts.accounts_changed(vec![account]);
         }

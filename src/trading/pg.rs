@@ -132,47 +132,6 @@ fn decode(value: serde_json::Value) -> Result<Result<Order, Rejection>, Unexpect
     }
 }
 
-/// Records `outcome` under the order's key and commits.
-async fn finish(
-    tx: Transaction<'_>,
-    order: &NewOrder,
-    outcome: Result<Order, Rejection>,
-) -> Result<Placed, TradingError> {
-    let stored = encode(&outcome)?;
-    let recorded = idempotency::pg::record(
-        &tx,
-        order.user,
-        &order.key,
-        ORDERS_ENDPOINT,
-        &order.fingerprint,
-        &stored,
-    )
-    .await
-    .map_err(unexpected)?;
-    if !recorded {
-        tx.rollback().await.map_err(unexpected)?;
-        return Err(TradingError::KeyReused);
-    }
-    tx.commit().await.map_err(unexpected)?;
-    Ok(Placed {
-        outcome,
-        replayed: false,
-        account: None,
-    })
-}
-
-/// A 404 is not remembered under the key (nothing was decided about a
-/// player that does not exist; a refusal changes nothing): the claim is
-/// rolled back, and a retry looks again.
-async fn unknown_player(tx: Transaction<'_>) -> Result<Placed, TradingError> {
-    tx.rollback().await.map_err(unexpected)?;
-    Ok(Placed {
-        outcome: Err(Rejection::UnknownPlayer),
-        replayed: false,
-        account: None,
-    })
-}
-
 /// The columns [`fill`] reads, in its order. A provisional fill whose
 /// window has passed reads as filled: finality needs no write.
 const FILL_COLUMNS: &str = "id, player_id, side, quantity, price_cents, total_cents,
@@ -469,86 +428,260 @@ pub(super) fn removed_basis(cost: i64, shares: i64, sold: i64) -> Cents {
     Cents::new(i64::try_from(removed).unwrap_or(cost))
 }
 
+/// What one order came to inside a transaction shared with others.
+enum Step {
+    /// Its writes (a fill, or a remembered refusal) must commit.
+    Keep(Placed),
+    /// It wrote nothing: the answer stands whatever the transaction does.
+    Discard(Result<Placed, TradingError>),
+    /// Its key was taken by another writer after the claim while the
+    /// order's writes are in the transaction: roll back.
+    Conflict,
+}
+
+/// Remembers `outcome` under the order's key, inside `tx`.
+async fn record(
+    tx: &Transaction<'_>,
+    order: &NewOrder,
+    outcome: Result<Order, Rejection>,
+    account: Option<AccountUpdate>,
+) -> Result<Step, TradingError> {
+    let stored = encode(&outcome)?;
+    let recorded = idempotency::pg::record(
+        tx,
+        order.user,
+        &order.key,
+        ORDERS_ENDPOINT,
+        &order.fingerprint,
+        &stored,
+    )
+    .await
+    .map_err(unexpected)?;
+    if !recorded {
+        return Ok(Step::Conflict);
+    }
+    Ok(Step::Keep(Placed {
+        outcome,
+        replayed: false,
+        account,
+    }))
+}
+
+/// A 404 is not remembered under the key (nothing was decided about a
+/// player that does not exist): a retry looks again.
+fn unknown_player() -> Step {
+    Step::Discard(Ok(Placed {
+        outcome: Err(Rejection::UnknownPlayer),
+        replayed: false,
+        account: None,
+    }))
+}
+
+/// Claims the order's key and places it on `tx`. `gated`: the caller has
+/// already entered the player's trade gate.
+async fn place_on(
+    tx: &Transaction<'_>,
+    order: &NewOrder,
+    fairness: &Fairness,
+    gated: bool,
+) -> Result<Step, TradingError> {
+    let claim = idempotency::pg::claim(
+        tx,
+        order.user,
+        &order.key,
+        ORDERS_ENDPOINT,
+        &order.fingerprint,
+    )
+    .await
+    .map_err(unexpected)?;
+    match claim {
+        Claim::Fresh => {}
+        Claim::InProgress => return Ok(Step::Discard(Err(TradingError::InProgress))),
+        Claim::Reused => return Ok(Step::Discard(Err(TradingError::KeyReused))),
+        Claim::Replay(stored) => {
+            return Ok(Step::Discard(Ok(Placed {
+                outcome: decode(stored)?,
+                replayed: true,
+                account: None,
+            })))
+        }
+    }
+
+    if fairness.policy == FairnessPolicy::Delay {
+        return match wait(tx, order, fairness).await {
+            Ok(Ok(waiting)) => record(tx, order, Ok(Order::Waiting(waiting)), None).await,
+            Ok(Err(Rejection::UnknownPlayer)) => Ok(unknown_player()),
+            Ok(Err(rejection)) => record(tx, order, Err(rejection), None).await,
+            Err(refusal) => refused(refusal),
+        };
+    }
+
+    // The player's trade gate, shared: orders on one player run side by
+    // side, but an event waits for them, and an order arriving after an
+    // event queues behind it and then reads its epoch and lock. So no
+    // order commits at a pre-event epoch once the event is applied.
+    if !gated {
+        gate::enter_trade_gate(tx, order.player)
+            .await
+            .map_err(unexpected)?;
+    }
+    let spec = Spec {
+        user: order.user,
+        player: order.player,
+        side: order.side,
+        quantity: order.quantity,
+        limit: order.limit,
+        order_id: None,
+    };
+    match execute(tx, &spec, fairness).await {
+        Ok(Ok((fill, account))) => {
+            record(tx, order, Ok(Order::Executed(fill)), Some(account)).await
+        }
+        Ok(Err(Rejection::UnknownPlayer)) => Ok(unknown_player()),
+        Ok(Err(rejection)) => record(tx, order, Err(rejection), None).await,
+        Err(refusal) => refused(refusal),
+    }
+}
+
+/// A refusal that is not remembered (423, 409 `holdings_provisional`): it
+/// wrote nothing. Unexpected failures stay errors.
+fn refused(error: TradingError) -> Result<Step, TradingError> {
+    match error {
+        TradingError::Unexpected(cause) => Err(TradingError::Unexpected(cause)),
+        refusal => Ok(Step::Discard(Err(refusal))),
+    }
+}
+
+impl PgOrders {
+    /// Places `orders` in one transaction: every trade gate, then every
+    /// user row, each in ascending order (so batches on other connections,
+    /// and single orders, cannot deadlock with it); then each user's orders
+    /// one after another in arrival order, different users' side by side
+    /// (their statements pipelined on the one connection); one commit.
+    /// Err: nothing of the batch committed.
+    async fn try_batch(
+        &self,
+        orders: &[NewOrder],
+    ) -> Result<Vec<Result<Placed, TradingError>>, Unexpected> {
+        let mut results: Vec<Option<Result<Placed, TradingError>>> =
+            orders.iter().map(|_| None).collect();
+        // A key twice in one batch: the second is a retry racing the first.
+        let mut keys = std::collections::HashSet::new();
+        let mut chains: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+        for (at, order) in orders.iter().enumerate() {
+            if keys.insert((order.user, order.key.as_str())) {
+                chains.entry(order.user.0).or_default().push(at);
+            } else {
+                results[at] = Some(Err(TradingError::InProgress));
+            }
+        }
+        let mut players: Vec<PlayerId> = orders.iter().map(|order| order.player).collect();
+        players.sort_unstable();
+        players.dedup();
+        let users: Vec<i64> = chains.keys().copied().collect();
+
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let steps = async {
+            gate::enter_trade_gates(&tx, &players).await?;
+            posting::lock_users(&tx, &users).await?;
+            let chains = chains.values().map(|chain| {
+                let (tx, fairness) = (&tx, &self.fairness);
+                async move {
+                    let mut steps = Vec::with_capacity(chain.len());
+                    for &at in chain {
+                        steps.push((at, place_on(tx, &orders[at], fairness, true).await));
+                    }
+                    steps
+                }
+            });
+            Ok::<_, Unexpected>(futures_util::future::join_all(chains).await)
+        }
+        .await;
+        let steps = match steps {
+            Ok(steps) => steps,
+            Err(error) => {
+                let _ = tx.rollback().await;
+                return Err(error);
+            }
+        };
+        for (at, step) in steps.into_iter().flatten() {
+            let answer = match step {
+                Ok(Step::Keep(placed)) => Ok(placed),
+                Ok(Step::Discard(answer)) => answer,
+                Ok(Step::Conflict) => {
+                    let _ = tx.rollback().await;
+                    return Err(Unexpected::msg("an order key was taken during the batch"));
+                }
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Err(match error {
+                        TradingError::Unexpected(cause) => cause,
+                        other => Unexpected::msg(other.to_string()),
+                    });
+                }
+            };
+            results[at] = Some(answer);
+        }
+        tx.commit().await?;
+        Ok(results
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(TradingError::Unexpected(Unexpected::msg(
+                        "an order of the batch was not placed",
+                    )))
+                })
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl OrderStore for PgOrders {
     #[tracing::instrument(skip_all, fields(user_id = %order.user, player_id = %order.player))]
     async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError> {
         let mut client = self.pool.get().await.map_err(unexpected)?;
         let tx = client.transaction().await.map_err(unexpected)?;
-
-        match idempotency::pg::claim(
-            &tx,
-            order.user,
-            &order.key,
-            ORDERS_ENDPOINT,
-            &order.fingerprint,
-        )
-        .await
-        .map_err(unexpected)?
-        {
-            Claim::Fresh => {}
-            Claim::InProgress => {
-                tx.rollback().await.map_err(unexpected)?;
-                return Err(TradingError::InProgress);
-            }
-            Claim::Reused => {
-                tx.rollback().await.map_err(unexpected)?;
-                return Err(TradingError::KeyReused);
-            }
-            Claim::Replay(stored) => {
-                tx.rollback().await.map_err(unexpected)?;
-                return Ok(Placed {
-                    outcome: decode(stored)?,
-                    replayed: true,
-                    account: None,
-                });
-            }
-        }
-
-        if self.fairness.policy == FairnessPolicy::Delay {
-            return match wait(&tx, order, &self.fairness).await {
-                Ok(Ok(waiting)) => finish(tx, order, Ok(Order::Waiting(waiting))).await,
-                Ok(Err(Rejection::UnknownPlayer)) => unknown_player(tx).await,
-                Ok(Err(rejection)) => finish(tx, order, Err(rejection)).await,
-                Err(refusal) => {
-                    tx.rollback().await.map_err(unexpected)?;
-                    Err(refusal)
-                }
-            };
-        }
-
-        // The player's trade gate, shared: orders on one player run side by
-        // side, but an event waits for them, and an order arriving after an
-        // event queues behind it and then reads its epoch and lock. So no
-        // order commits at a pre-event epoch once the event is applied.
-        gate::enter_trade_gate(&tx, order.player)
-            .await
-            .map_err(unexpected)?;
-        let spec = Spec {
-            user: order.user,
-            player: order.player,
-            side: order.side,
-            quantity: order.quantity,
-            limit: order.limit,
-            order_id: None,
-        };
-        match execute(&tx, &spec, &self.fairness).await {
-            Ok(Ok((fill, account))) => {
-                let mut placed = finish(tx, order, Ok(Order::Executed(fill))).await?;
-                placed.account = Some(account);
+        match place_on(&tx, order, &self.fairness, false).await {
+            Ok(Step::Keep(placed)) => {
+                tx.commit().await.map_err(unexpected)?;
                 Ok(placed)
             }
-            Ok(Err(Rejection::UnknownPlayer)) => unknown_player(tx).await,
-            Ok(Err(rejection)) => finish(tx, order, Err(rejection)).await,
-            // Refusals that are not remembered roll back explicitly and wait
-            // for it: a dropped transaction rolls back in the background, and
-            // until it has, its key lock is held, so the client's immediate
-            // retry after a 423 would be told 409.
-            Err(refusal) => {
+            // Refusals roll back explicitly and wait for it: a dropped
+            // transaction rolls back in the background, and until it has,
+            // its key lock is held, so the client's immediate retry after a
+            // 423 would be told 409.
+            Ok(Step::Discard(answer)) => {
                 tx.rollback().await.map_err(unexpected)?;
-                Err(refusal)
+                answer
+            }
+            Ok(Step::Conflict) => {
+                tx.rollback().await.map_err(unexpected)?;
+                Err(TradingError::KeyReused)
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
             }
         }
+    }
+
+    #[tracing::instrument(skip_all, fields(orders = orders.len()))]
+    async fn place_batch(&self, orders: Vec<NewOrder>) -> Vec<Result<Placed, TradingError>> {
+        if orders.len() > 1 && self.fairness.policy != FairnessPolicy::Delay {
+            match self.try_batch(&orders).await {
+                Ok(results) => return results,
+                // Nothing of it committed (or, if the commit's answer was
+                // lost, it did and each key now replays): each order again
+                // on its own, so one that cannot be placed fails alone.
+                Err(error) => {
+                    tracing::warn!(%error, orders = orders.len(), "a batch of orders failed; placing them one by one");
+                }
+            }
+        }
+        // Side by side, each on its own connection, as without batches.
+        futures_util::future::join_all(orders.iter().map(|order| self.place(order))).await
     }
 
     async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Order>, Unexpected> {

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod authz;
+mod batches;
 mod concurrency;
 mod fairness;
 mod feed;

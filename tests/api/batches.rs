@@ -1,0 +1,199 @@
+//! Group commit (`trading.batch_*`): orders that share one transaction
+//! resolve exactly as they would one by one, in some order.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, test_settings, TestApp, User};
+
+/// An app whose orders wait up to `wait_ms` to share a batch.
+async fn batching_app(wait_ms: u64) -> TestApp {
+    let mut settings = test_settings().await;
+    settings.trading.batch_max_orders = 64;
+    settings.trading.batch_wait_ms = wait_ms;
+    settings.trading.batch_executors = 1;
+    spawn_app_with(settings).await
+}
+
+/// Sends every `(user, key, body)` at once; the statuses, in order.
+async fn at_once(app: &TestApp, orders: &[(&User, String, Value)]) -> Vec<(StatusCode, Value)> {
+    let calls = orders.iter().map(|(user, key, body)| async move {
+        let response = app.order(&user.token, key, body).await;
+        let status = response.status();
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    });
+    futures_util::future::join_all(calls).await
+}
+
+async fn batches(app: &TestApp) -> (f64, f64) {
+    (
+        app.metric("matchday_order_batch_size_count").await,
+        app.metric("matchday_order_batch_size_sum").await,
+    )
+}
+
+#[tokio::test]
+async fn two_buys_spending_the_same_cash_in_one_batch_fill_once() {
+    let app = batching_app(300).await;
+    let player = app.create_player(1_000).await;
+    let users = app.bulk_users("twice", 1, 1_500).await;
+    let user = &users[0];
+    let buy = json!({"player_id": player, "side": "buy", "quantity": 1});
+    let before = batches(&app).await;
+    let answers = at_once(
+        &app,
+        &[
+            (user, "a".into(), buy.clone()),
+            (user, "b".into(), buy.clone()),
+        ],
+    )
+    .await;
+    let after = batches(&app).await;
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1.0, 2.0),
+        "one batch of two"
+    );
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| status.as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409], "{answers:?}");
+    let refused = answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::CONFLICT)
+        .unwrap();
+    assert_eq!(refused.1["error"]["code"], "insufficient_funds");
+    assert_eq!(app.me(&user.token).await["balance_cents"], 500);
+    assert_eq!(app.audit().await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_buy_and_a_sell_of_one_holding_in_one_batch_resolve_as_in_some_order() {
+    let app = batching_app(300).await;
+    let player = app.create_player(1_000).await;
+    let users = app.bulk_users("both", 1, 100_000).await;
+    let user = &users[0];
+    app.trade(user, "buy", player, 2, "seed").await;
+    let before = batches(&app).await;
+    let answers = at_once(
+        &app,
+        &[
+            (
+                user,
+                "sell3".into(),
+                json!({"player_id": player, "side": "sell", "quantity": 3}),
+            ),
+            (
+                user,
+                "buy1".into(),
+                json!({"player_id": player, "side": "buy", "quantity": 1}),
+            ),
+            (
+                user,
+                "sell2".into(),
+                json!({"player_id": player, "side": "sell", "quantity": 2}),
+            ),
+        ],
+    )
+    .await;
+    let after = batches(&app).await;
+    assert_eq!(after.1 - before.1, 3.0);
+    assert_eq!(after.0 - before.0, 1.0, "one batch");
+    let filled: Vec<bool> = answers
+        .iter()
+        .map(|(s, _)| *s == StatusCode::CREATED)
+        .collect();
+    // One user's orders run in arrival order within a batch; whichever
+    // order the three arrived in, the holding never went below zero and
+    // the books equal the fills that stand.
+    let holding = app.portfolio(&user.token).await["holdings"]
+        .as_array()
+        .and_then(|h| h.first().map(|h| h["quantity"].as_i64().unwrap_or(0)))
+        .unwrap_or(0);
+    let net: i64 = [(-3, filled[0]), (1, filled[1]), (-2, filled[2])]
+        .iter()
+        .filter(|(_, f)| *f)
+        .map(|(q, _)| q)
+        .sum();
+    assert_eq!(holding, 2 + net, "{answers:?}");
+    assert!(holding >= 0);
+    let cash = app.me(&user.token).await["balance_cents"].as_i64().unwrap();
+    assert_eq!(cash, 100_000 - 2_000 - 1_000 * net, "{answers:?}");
+    for (status, body) in &answers {
+        if *status != StatusCode::CREATED {
+            assert_eq!(body["error"]["code"], "insufficient_holdings", "{body}");
+        }
+    }
+    assert_eq!(app.audit().await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_key_twice_in_one_batch_fills_once_and_the_retry_replays() {
+    let app = batching_app(300).await;
+    let player = app.create_player(1_000).await;
+    let users = app.bulk_users("dupe", 1, 100_000).await;
+    let user = &users[0];
+    let buy = json!({"player_id": player, "side": "buy", "quantity": 1});
+    let answers = at_once(
+        &app,
+        &[
+            (user, "same".into(), buy.clone()),
+            (user, "same".into(), buy.clone()),
+        ],
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409], "{answers:?}");
+    let retry = app.order(&user.token, "same", &buy).await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(app.me(&user.token).await["balance_cents"], 99_000);
+}
+
+#[tokio::test]
+async fn many_users_racing_in_batches_keep_every_invariant() {
+    let app = batching_app(2).await;
+    let players = [app.create_player(700).await, app.create_player(1_300).await];
+    let users = app.bulk_users("race", 24, 20_000).await;
+    let calls = users.iter().enumerate().flat_map(|(u, user)| {
+        let app = &app;
+        (0..12).map(move |n| async move {
+            let side = if (u + n) % 3 == 0 { "sell" } else { "buy" };
+            let body =
+                json!({"player_id": players[n % 2], "side": side, "quantity": 1 + (n % 4) as i64});
+            let response = app.order(&user.token, &format!("k{n}"), &body).await;
+            response.status()
+        })
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+    assert!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count()
+            > 50
+    );
+    let (count, sum) = batches(&app).await;
+    assert!(
+        sum >= 288.0 && count < sum,
+        "batched: {count} batches for {sum} orders"
+    );
+    for user in &users {
+        let cash = app.me(&user.token).await["balance_cents"].as_i64().unwrap();
+        let rows = app
+            .sql(&format!(
+                "SELECT coalesce(sum(CASE side WHEN 'buy' THEN -total_cents ELSE total_cents END), 0)::bigint
+                   FROM orders WHERE user_id = {}",
+                user.id
+            ))
+            .await;
+        assert_eq!(cash, 20_000 + rows[0].get::<_, i64>(0), "user {}", user.id);
+        assert!(cash >= 0);
+    }
+    assert_eq!(app.audit().await["ok"], true);
+}
