@@ -82,6 +82,97 @@ pub async fn record(
     Ok(inserted == 1)
 }
 
+/// [`claim`] for many keys of one endpoint at once (group commit), in two
+/// statements: every lock, then every stored key. Keys must be distinct.
+pub async fn claim_many(
+    tx: &Transaction<'_>,
+    keys: &[(UserId, &IdempotencyKey, &str)],
+    endpoint: &str,
+) -> Result<Vec<Claim>, tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let locks: Vec<i64> = keys
+        .iter()
+        .map(|(user, key, _)| lock_id(*user, key))
+        .collect();
+    let taken: Vec<bool> = tx
+        .query(
+            "SELECT pg_try_advisory_xact_lock(t.lock)
+               FROM unnest($1::bigint[]) WITH ORDINALITY AS t(lock, at) ORDER BY t.at",
+            &[&locks],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let users: Vec<i64> = keys.iter().map(|(user, _, _)| user.0).collect();
+    let names: Vec<&str> = keys.iter().map(|(_, key, _)| key.as_str()).collect();
+    // Read after the locks (a later statement, a later snapshot): a
+    // holder that committed before our lock was granted is seen.
+    let mut stored: std::collections::HashMap<(i64, String), (String, String, serde_json::Value)> =
+        tx.query(
+            "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
+               FROM idempotency_keys k
+               JOIN unnest($1::bigint[], $2::text[]) AS t(user_id, key)
+                 ON k.user_id = t.user_id AND k.key = t.key",
+            &[&users, &names],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            (
+                (row.get(0), row.get(1)),
+                (row.get(2), row.get(3), row.get(4)),
+            )
+        })
+        .collect();
+    Ok(keys
+        .iter()
+        .zip(taken)
+        .map(|((user, key, fingerprint), taken)| {
+            if !taken {
+                return Claim::InProgress;
+            }
+            match stored.remove(&(user.0, key.as_str().to_string())) {
+                None => Claim::Fresh,
+                Some((seen_endpoint, seen_fingerprint, outcome)) => {
+                    if seen_endpoint == endpoint && seen_fingerprint == *fingerprint {
+                        Claim::Replay(outcome)
+                    } else {
+                        Claim::Reused
+                    }
+                }
+            }
+        })
+        .collect())
+}
+
+/// [`record`] for many fresh claims of one endpoint at once: how many were
+/// recorded (fewer than given: some key was taken meanwhile, roll back).
+pub async fn record_many(
+    tx: &Transaction<'_>,
+    records: &[(UserId, &IdempotencyKey, &str, serde_json::Value)],
+    endpoint: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let users: Vec<i64> = records.iter().map(|r| r.0 .0).collect();
+    let keys: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
+    let fingerprints: Vec<&str> = records.iter().map(|r| r.2).collect();
+    let outcomes: Vec<&serde_json::Value> = records.iter().map(|r| &r.3).collect();
+    tx.execute(
+        "INSERT INTO idempotency_keys (user_id, key, endpoint, fingerprint, outcome)
+         SELECT t.user_id, t.key, $3, t.fingerprint, t.outcome
+           FROM unnest($1::bigint[], $2::text[], $4::text[], $5::jsonb[])
+                AS t(user_id, key, fingerprint, outcome)
+         ON CONFLICT DO NOTHING",
+        &[&users, &keys, &endpoint, &fingerprints, &outcomes],
+    )
+    .await
+}
+
 /// Forgets keys older than `retention_hours`; returns how many.
 pub async fn purge(pool: &Pool, retention_hours: i64) -> Result<u64, crate::error::Unexpected> {
     let client = pool.get().await?;

@@ -15,6 +15,7 @@
 
 pub mod batch;
 mod pg;
+pub mod plan;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,6 +16,8 @@ use crate::idempotency::{self, Claim};
 use crate::ledger::{posting, AccountUpdate, HoldingChange, Position};
 use crate::players::gate;
 
+mod group;
+
 /// Orders and holdings in Postgres.
 pub struct PgOrders {
     pool: Pool,
@@ -420,7 +422,7 @@ async fn sell_shares(
 
 /// The cost basis `sold` of `shares` shares costing `cost` take with them,
 /// rounded down (average cost).
-pub(super) fn removed_basis(cost: i64, shares: i64, sold: i64) -> Cents {
+pub(crate) fn removed_basis(cost: i64, shares: i64, sold: i64) -> Cents {
     if shares <= 0 || cost <= 0 {
         return Cents::ZERO;
     }
@@ -552,91 +554,6 @@ fn refused(error: TradingError) -> Result<Step, TradingError> {
     }
 }
 
-impl PgOrders {
-    /// Places `orders` in one transaction: every trade gate, then every
-    /// user row, each in ascending order (so batches on other connections,
-    /// and single orders, cannot deadlock with it); then each user's orders
-    /// one after another in arrival order, different users' side by side
-    /// (their statements pipelined on the one connection); one commit.
-    /// Err: nothing of the batch committed.
-    async fn try_batch(
-        &self,
-        orders: &[NewOrder],
-    ) -> Result<Vec<Result<Placed, TradingError>>, Unexpected> {
-        let mut results: Vec<Option<Result<Placed, TradingError>>> =
-            orders.iter().map(|_| None).collect();
-        // A key twice in one batch: the second is a retry racing the first.
-        let mut keys = std::collections::HashSet::new();
-        let mut chains: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
-        for (at, order) in orders.iter().enumerate() {
-            if keys.insert((order.user, order.key.as_str())) {
-                chains.entry(order.user.0).or_default().push(at);
-            } else {
-                results[at] = Some(Err(TradingError::InProgress));
-            }
-        }
-        let mut players: Vec<PlayerId> = orders.iter().map(|order| order.player).collect();
-        players.sort_unstable();
-        players.dedup();
-        let users: Vec<i64> = chains.keys().copied().collect();
-
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let steps = async {
-            gate::enter_trade_gates(&tx, &players).await?;
-            posting::lock_users(&tx, &users).await?;
-            let chains = chains.values().map(|chain| {
-                let (tx, fairness) = (&tx, &self.fairness);
-                async move {
-                    let mut steps = Vec::with_capacity(chain.len());
-                    for &at in chain {
-                        steps.push((at, place_on(tx, &orders[at], fairness, true).await));
-                    }
-                    steps
-                }
-            });
-            Ok::<_, Unexpected>(futures_util::future::join_all(chains).await)
-        }
-        .await;
-        let steps = match steps {
-            Ok(steps) => steps,
-            Err(error) => {
-                let _ = tx.rollback().await;
-                return Err(error);
-            }
-        };
-        for (at, step) in steps.into_iter().flatten() {
-            let answer = match step {
-                Ok(Step::Keep(placed)) => Ok(placed),
-                Ok(Step::Discard(answer)) => answer,
-                Ok(Step::Conflict) => {
-                    let _ = tx.rollback().await;
-                    return Err(Unexpected::msg("an order key was taken during the batch"));
-                }
-                Err(error) => {
-                    let _ = tx.rollback().await;
-                    return Err(match error {
-                        TradingError::Unexpected(cause) => cause,
-                        other => Unexpected::msg(other.to_string()),
-                    });
-                }
-            };
-            results[at] = Some(answer);
-        }
-        tx.commit().await?;
-        Ok(results
-            .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|| {
-                    Err(TradingError::Unexpected(Unexpected::msg(
-                        "an order of the batch was not placed",
-                    )))
-                })
-            })
-            .collect())
-    }
-}
-
 #[async_trait]
 impl OrderStore for PgOrders {
     #[tracing::instrument(skip_all, fields(user_id = %order.user, player_id = %order.player))]
@@ -669,7 +586,7 @@ impl OrderStore for PgOrders {
 
     #[tracing::instrument(skip_all, fields(orders = orders.len()))]
     async fn place_batch(&self, orders: Vec<NewOrder>) -> Vec<Result<Placed, TradingError>> {
-        if orders.len() > 1 && self.fairness.policy != FairnessPolicy::Delay {
+        if self.fairness.policy != FairnessPolicy::Delay {
             match self.try_batch(&orders).await {
                 Ok(results) => return results,
                 // Nothing of it committed (or, if the commit's answer was
