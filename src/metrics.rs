@@ -33,6 +33,8 @@ pub struct Metrics {
     pub order_batch_size: prometheus::Histogram,
     /// How long a batch's first order waited to be applied.
     pub order_queue_seconds: prometheus::Histogram,
+    /// Group-commit batches that failed and were placed order by order.
+    pub order_batches_replayed: IntCounter,
 }
 
 impl Metrics {
@@ -104,8 +106,13 @@ impl Metrics {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
             ]),
         )?;
+        let order_batches_replayed = IntCounter::new(
+            "order_batches_replayed_total",
+            "Group-commit batches that failed and were placed order by order",
+        )?;
         registry.register(Box::new(order_batch_size.clone()))?;
         registry.register(Box::new(order_queue_seconds.clone()))?;
+        registry.register(Box::new(order_batches_replayed.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
@@ -119,6 +126,7 @@ impl Metrics {
             leaderboard_accounts,
             order_batch_size,
             order_queue_seconds,
+            order_batches_replayed,
         })
     }
 

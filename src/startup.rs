@@ -119,7 +119,10 @@ impl Application {
         let batch_metrics = metrics.clone();
         let trading = Arc::new(
             TradingService::new(
-                Arc::new(PgOrders::new(pool.clone(), fairness)),
+                Arc::new(
+                    PgOrders::new(pool.clone(), fairness)
+                        .counting_replays(metrics.order_batches_replayed.clone()),
+                ),
                 players.clone(),
                 publisher.clone(),
                 leaderboard.clone(),

@@ -85,7 +85,7 @@ pub async fn record(
 /// [`claim`] for many keys of one endpoint at once (group commit), in two
 /// statements: every lock, then every stored key. Keys must be distinct.
 pub async fn claim_many(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     keys: &[(UserId, &IdempotencyKey, &str)],
     endpoint: &str,
 ) -> Result<Vec<Claim>, tokio_postgres::Error> {
@@ -96,12 +96,14 @@ pub async fn claim_many(
         .iter()
         .map(|(user, key, _)| lock_id(*user, key))
         .collect();
-    let taken: Vec<bool> = tx
-        .query(
+    let lock = tx
+        .prepare_cached(
             "SELECT pg_try_advisory_xact_lock(t.lock)
                FROM unnest($1::bigint[]) WITH ORDINALITY AS t(lock, at) ORDER BY t.at",
-            &[&locks],
         )
+        .await?;
+    let taken: Vec<bool> = tx
+        .query(&lock, &[&locks])
         .await?
         .iter()
         .map(|row| row.get(0))
@@ -151,7 +153,7 @@ pub async fn claim_many(
 /// [`record`] for many fresh claims of one endpoint at once: how many were
 /// recorded (fewer than given: some key was taken meanwhile, roll back).
 pub async fn record_many(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     records: &[(UserId, &IdempotencyKey, &str, serde_json::Value)],
     endpoint: &str,
 ) -> Result<u64, tokio_postgres::Error> {
@@ -162,12 +164,17 @@ pub async fn record_many(
     let keys: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
     let fingerprints: Vec<&str> = records.iter().map(|r| r.2).collect();
     let outcomes: Vec<&serde_json::Value> = records.iter().map(|r| &r.3).collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (user_id, key, endpoint, fingerprint, outcome)
+             SELECT t.user_id, t.key, $3, t.fingerprint, t.outcome
+               FROM unnest($1::bigint[], $2::text[], $4::text[], $5::jsonb[])
+                    AS t(user_id, key, fingerprint, outcome)
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO idempotency_keys (user_id, key, endpoint, fingerprint, outcome)
-         SELECT t.user_id, t.key, $3, t.fingerprint, t.outcome
-           FROM unnest($1::bigint[], $2::text[], $4::text[], $5::jsonb[])
-                AS t(user_id, key, fingerprint, outcome)
-         ON CONFLICT DO NOTHING",
+        &insert,
         &[&users, &keys, &endpoint, &fingerprints, &outcomes],
     )
     .await

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 
 const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TOKEN] [--users N]
                                [--players N] [--concurrency N] [--duration SECONDS]
-                               [--window SECONDS] [--server-pid PID]
+                               [--window SECONDS] [--server-pid PID] [--rate PER_SEC]
        matchday loadgen ws [options]           (see `matchday loadgen ws --help`)
        matchday loadgen ws-baseline [options]  (see `matchday loadgen ws-baseline --help`)
        matchday loadgen http [options]         (see `matchday loadgen http --help`)
@@ -44,6 +44,9 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
 
 orders: creates users and players through the admin API, then places random
 orders with N requests in flight and prints orders/s and latency percentiles.
+With --rate, open loop instead: orders are due at that steady rate (at most
+--concurrency in flight) and each latency counts from when it was due, so a
+server falling behind shows in the percentiles (no coordinated omission).
 With --window, also one JSON line per window of that many seconds (for soaks),
 with the server's RSS when --server-pid is given.
 
@@ -80,6 +83,8 @@ struct Options {
     /// Report every window as well as the whole run.
     window: Option<Duration>,
     server_pid: Option<u32>,
+    /// Open loop: orders due per second.
+    rate: Option<f64>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -92,6 +97,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         duration: Duration::from_secs(10),
         window: None,
         server_pid: None,
+        rate: None,
     };
     let mut iter = args.iter();
     while let Some(flag) = iter.next() {
@@ -113,6 +119,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--server-pid" => {
                 let pid = number(value()?)?;
                 options.server_pid = Some(u32::try_from(pid).map_err(|_| "--server-pid: bad pid")?)
+            }
+            "--rate" => {
+                let rate = number(value()?)?;
+                options.rate = Some(rate.max(1) as f64);
             }
             other => return Err(format!("unknown option {other}")),
         }
@@ -306,6 +316,141 @@ async fn report_windows(window: Window, every: Duration, deadline: Instant, pid:
     }
 }
 
+/// Where and as whom orders are placed.
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    tokens: Arc<Vec<String>>,
+    players: Arc<Vec<i64>>,
+}
+
+impl Target {
+    /// Places the `n`th order of `worker` (a random player, side and
+    /// quantity): its status (0: no answer).
+    async fn place(&self, worker: usize, n: u64) -> u16 {
+        let (token, player, side, quantity) = {
+            let mut rng = rand::thread_rng();
+            let token = &self.tokens[(worker + n as usize * 7919) % self.tokens.len()];
+            let player = self.players[rng.gen_range(0..self.players.len())];
+            let side = if rng.gen_bool(0.6) { "buy" } else { "sell" };
+            (token.clone(), player, side, rng.gen_range(1..=3))
+        };
+        let response = self
+            .client
+            .post(&self.url)
+            .header("authorization", token)
+            .header("idempotency-key", format!("lg-{worker}-{n}"))
+            .json(&json!({"player_id": player, "side": side, "quantity": quantity}))
+            .send()
+            .await;
+        match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                status
+            }
+            Err(_) => 0,
+        }
+    }
+}
+
+fn tally(stats: &mut Worker, window: &Option<Window>, status: u16, micros: u64) {
+    let _ = stats.latencies.record(micros.max(1));
+    *stats.statuses.entry(status).or_default() += 1;
+    if let Some(Ok(mut open)) = window.as_ref().map(|w| w.lock()) {
+        let _ = open.latencies.record(micros.max(1));
+        *open.statuses.entry(status).or_default() += 1;
+    }
+}
+
+type Tallies = (Histogram<u64>, BTreeMap<u16, u64>);
+
+/// `concurrency` workers, each sending its next order when the last is
+/// answered, until `deadline`.
+async fn closed_loop(
+    target: &Target,
+    concurrency: usize,
+    deadline: Instant,
+    window: &Option<Window>,
+) -> Result<Tallies, String> {
+    let mut handles = Vec::new();
+    for worker in 0..concurrency {
+        let target = target.clone();
+        let window = window.clone();
+        handles.push(tokio::spawn(async move {
+            let mut stats = new_worker();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let sent = Instant::now();
+                let status = target.place(worker, n).await;
+                tally(
+                    &mut stats,
+                    &window,
+                    status,
+                    sent.elapsed().as_micros() as u64,
+                );
+            }
+            stats
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut statuses = BTreeMap::<u16, u64>::new();
+    for handle in handles {
+        let stats = handle.await.map_err(|e| e.to_string())?;
+        latencies.add(&stats.latencies).map_err(|e| e.to_string())?;
+        for (status, count) in stats.statuses {
+            *statuses.entry(status).or_default() += count;
+        }
+    }
+    Ok((latencies, statuses))
+}
+
+/// Orders due at `rate` per second from `started` until `deadline`, at most
+/// `concurrency` in flight; each latency counts from when the order was
+/// due, so time spent waiting for a free slot counts too.
+async fn open_loop(
+    target: &Target,
+    rate: f64,
+    concurrency: usize,
+    started: Instant,
+    deadline: Instant,
+    window: &Option<Window>,
+) -> Result<Tallies, String> {
+    let stats = Arc::new(std::sync::Mutex::new(new_worker()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut n = 0u64;
+    loop {
+        let due = started + Duration::from_secs_f64(n as f64 / rate);
+        if due >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (target, stats, window) = (target.clone(), stats.clone(), window.clone());
+        n += 1;
+        tokio::spawn(async move {
+            let status = target.place(0, n).await;
+            let micros = due.elapsed().as_micros() as u64;
+            if let Ok(mut stats) = stats.lock() {
+                tally(&mut stats, &window, status, micros);
+            }
+            drop(slot);
+        });
+    }
+    // Every order answered: all the slots free again.
+    let all = u32::try_from(concurrency).map_err(|e| e.to_string())?;
+    let _ = slots.acquire_many(all).await.map_err(|e| e.to_string())?;
+    let mut stats = stats.lock().map_err(|e| e.to_string())?;
+    let taken = std::mem::replace(&mut *stats, new_worker());
+    Ok((taken.latencies, taken.statuses))
+}
+
 async fn orders(options: Options) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency)
@@ -358,61 +503,26 @@ async fn orders(options: Options) -> Result<(), String> {
     let reporter = window.clone().zip(options.window).map(|(open, every)| {
         tokio::spawn(report_windows(open, every, deadline, options.server_pid))
     });
-    let mut handles = Vec::new();
-    for worker in 0..options.concurrency {
-        let client = client.clone();
-        let tokens = tokens.clone();
-        let players = players.clone();
-        let url = api("/orders");
-        let window = window.clone();
-        handles.push(tokio::spawn(async move {
-            let mut stats = new_worker();
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let (token, player, side, quantity) = {
-                    let mut rng = rand::thread_rng();
-                    let token = &tokens[(worker + n as usize * 7919) % tokens.len()];
-                    let player = players[rng.gen_range(0..players.len())];
-                    let side = if rng.gen_bool(0.6) { "buy" } else { "sell" };
-                    (token.clone(), player, side, rng.gen_range(1..=3))
-                };
-                n += 1;
-                let sent = Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("authorization", token)
-                    .header("idempotency-key", format!("lg-{worker}-{n}"))
-                    .json(&json!({"player_id": player, "side": side, "quantity": quantity}))
-                    .send()
-                    .await;
-                let micros = sent.elapsed().as_micros() as u64;
-                let status = match response {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        let _ = response.bytes().await;
-                        status
-                    }
-                    Err(_) => 0,
-                };
-                let _ = stats.latencies.record(micros.max(1));
-                *stats.statuses.entry(status).or_default() += 1;
-                if let Some(Ok(mut open)) = window.as_ref().map(|w| w.lock()) {
-                    let _ = open.latencies.record(micros.max(1));
-                    *open.statuses.entry(status).or_default() += 1;
-                }
-            }
-            stats
-        }));
-    }
-    let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
-    let mut statuses = BTreeMap::<u16, u64>::new();
-    for handle in handles {
-        let stats = handle.await.map_err(|e| e.to_string())?;
-        latencies.add(&stats.latencies).map_err(|e| e.to_string())?;
-        for (status, count) in stats.statuses {
-            *statuses.entry(status).or_default() += count;
+    let target = Target {
+        client: client.clone(),
+        url: api("/orders"),
+        tokens,
+        players,
+    };
+    let (latencies, statuses) = match options.rate {
+        None => closed_loop(&target, options.concurrency, deadline, &window).await?,
+        Some(rate) => {
+            open_loop(
+                &target,
+                rate,
+                options.concurrency,
+                started,
+                deadline,
+                &window,
+            )
+            .await?
         }
-    }
+    };
     if let Some(reporter) = reporter {
         let _ = reporter.await;
     }
@@ -426,6 +536,7 @@ async fn orders(options: Options) -> Result<(), String> {
     let report = json!({
         "scenario": "orders",
         "concurrency": options.concurrency,
+        "rate": options.rate,
         "seconds": (elapsed * 10.0).round() / 10.0,
         "requests": total,
         "requests_per_sec": (total as f64 / elapsed).round(),

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// How batches are gathered.
@@ -39,9 +39,11 @@ struct Job<J, R> {
     reply: oneshot::Sender<R>,
 }
 
-/// The queue in front of the executors.
+/// The queues in front of the executors: one each, so that jobs with one
+/// key (orders of one user) always meet the same executor, in the order
+/// they were submitted, and two executors never contend for them.
 pub struct Batcher<J, R> {
-    sender: mpsc::Sender<Job<J, R>>,
+    senders: Vec<mpsc::Sender<Job<J, R>>>,
 }
 
 impl<J: Send + 'static, R: Send + 'static> Batcher<J, R> {
@@ -58,50 +60,46 @@ impl<J: Send + 'static, R: Send + 'static> Batcher<J, R> {
         Fut: Future<Output = Vec<R>> + Send + 'static,
     {
         let max = limits.max.max(1);
-        let (sender, receiver) = mpsc::channel::<Job<J, R>>(max * limits.executors.max(1) * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
         let run = Arc::new(run);
         let observe = Arc::new(observe);
-        for _ in 0..limits.executors.max(1) {
-            let receiver = receiver.clone();
-            let run = run.clone();
-            let observe = observe.clone();
-            tokio::spawn(async move {
-                loop {
-                    // One executor gathers at a time; the others apply.
-                    let batch = {
-                        let mut receiver = receiver.lock().await;
-                        gather(&mut receiver, max, limits.wait).await
-                    };
-                    let Some(batch) = batch else { return };
-                    observe(BatchShape {
-                        size: batch.len(),
-                        oldest_wait: batch[0].queued.elapsed(),
-                    });
-                    let (jobs, replies): (Vec<J>, Vec<oneshot::Sender<R>>) =
-                        batch.into_iter().map(|job| (job.job, job.reply)).unzip();
-                    let results = run(jobs).await;
-                    debug_assert_eq!(results.len(), replies.len());
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        // A caller that gave up does not hold up the rest.
-                        let _ = reply.send(result);
+        let senders = (0..limits.executors.max(1))
+            .map(|_| {
+                let (sender, mut receiver) = mpsc::channel::<Job<J, R>>(max * 4);
+                let run = run.clone();
+                let observe = observe.clone();
+                tokio::spawn(async move {
+                    while let Some(batch) = gather(&mut receiver, max, limits.wait).await {
+                        observe(BatchShape {
+                            size: batch.len(),
+                            oldest_wait: batch[0].queued.elapsed(),
+                        });
+                        let (jobs, replies): (Vec<J>, Vec<oneshot::Sender<R>>) =
+                            batch.into_iter().map(|job| (job.job, job.reply)).unzip();
+                        let results = run(jobs).await;
+                        debug_assert_eq!(results.len(), replies.len());
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            // A caller that gave up does not hold up the rest.
+                            let _ = reply.send(result);
+                        }
                     }
-                }
-            });
-        }
-        Batcher { sender }
+                });
+                sender
+            })
+            .collect();
+        Batcher { senders }
     }
 
-    /// Queues `job` and waits for its result; None if the executors are
-    /// gone (shutting down) or dropped it.
-    pub async fn submit(&self, job: J) -> Option<R> {
+    /// Queues `job` with the executor of `key` and waits for its result;
+    /// None if the executors are gone (shutting down) or dropped it.
+    pub async fn submit(&self, key: u64, job: J) -> Option<R> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             job,
             queued: Instant::now(),
             reply,
         };
-        self.sender.send(job).await.ok()?;
+        let shard = usize::try_from(key % self.senders.len() as u64).unwrap_or(0);
+        self.senders[shard].send(job).await.ok()?;
         answer.await.ok()
     }
 }
@@ -160,7 +158,7 @@ mod tests {
         let calls: Vec<_> = (0..500u64)
             .map(|n| {
                 let batcher = batcher.clone();
-                tokio::spawn(async move { (n, batcher.submit(n).await) })
+                tokio::spawn(async move { (n, batcher.submit(n, n).await) })
             })
             .collect();
         for call in calls {
@@ -184,7 +182,7 @@ mod tests {
             |_| {},
         );
         let started = Instant::now();
-        assert_eq!(batcher.submit(7).await, Some(7));
+        assert_eq!(batcher.submit(0, 7).await, Some(7));
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(5), "{waited:?}");
         assert!(waited < Duration::from_millis(6), "{waited:?}");
@@ -198,7 +196,7 @@ mod tests {
             |_| {},
         );
         let started = Instant::now();
-        assert_eq!(batcher.submit(1).await, Some(1));
+        assert_eq!(batcher.submit(0, 1).await, Some(1));
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
@@ -213,7 +211,7 @@ mod tests {
         let calls: Vec<_> = (0..4u8)
             .map(|n| {
                 let batcher = batcher.clone();
-                tokio::spawn(async move { batcher.submit(n).await })
+                tokio::spawn(async move { batcher.submit(0, n).await })
             })
             .collect();
         for call in calls {

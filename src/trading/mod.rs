@@ -391,11 +391,14 @@ impl TradingService {
     #[tracing::instrument(skip_all, fields(user_id = %order.user, player_id = %order.player))]
     pub async fn place(&self, order: &NewOrder) -> Result<Placed, TradingError> {
         let placed = match &self.batches {
-            Some(batches) => batches.submit(order.clone()).await.unwrap_or_else(|| {
-                Err(TradingError::Unexpected(Unexpected::msg(
-                    "the order executors have stopped",
-                )))
-            }),
+            Some(batches) => batches
+                .submit(order.user.0.unsigned_abs(), order.clone())
+                .await
+                .unwrap_or_else(|| {
+                    Err(TradingError::Unexpected(Unexpected::msg(
+                        "the order executors have stopped",
+                    )))
+                }),
             None => self.store.place(order).await,
         };
         let mut placed = placed?;

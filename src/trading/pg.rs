@@ -22,12 +22,24 @@ mod group;
 pub struct PgOrders {
     pool: Pool,
     fairness: Fairness,
+    /// Counts batches that failed and were placed order by order.
+    replayed: Option<prometheus::IntCounter>,
 }
 
 impl PgOrders {
     /// A store using `pool`, placing orders under `fairness`.
     pub fn new(pool: Pool, fairness: Fairness) -> PgOrders {
-        PgOrders { pool, fairness }
+        PgOrders {
+            pool,
+            fairness,
+            replayed: None,
+        }
+    }
+
+    /// Counts in `counter` every batch that fails and is placed order by order.
+    pub fn counting_replays(mut self, counter: prometheus::IntCounter) -> PgOrders {
+        self.replayed = Some(counter);
+        self
     }
 }
 
@@ -593,6 +605,9 @@ impl OrderStore for PgOrders {
                 // lost, it did and each key now replays): each order again
                 // on its own, so one that cannot be placed fails alone.
                 Err(error) => {
+                    if let Some(counter) = &self.replayed {
+                        counter.inc();
+                    }
                     tracing::warn!(%error, orders = orders.len(), "a batch of orders failed; placing them one by one");
                 }
             }

@@ -28,7 +28,15 @@ async fn at_once(app: &TestApp, orders: &[(&User, String, Value)]) -> Vec<(Statu
     futures_util::future::join_all(calls).await
 }
 
+/// (batches, orders in them) so far. Every batch so far committed as one:
+/// none failed and was replayed order by order (which would hide a wrong
+/// set-based statement behind the one-by-one path).
 async fn batches(app: &TestApp) -> (f64, f64) {
+    assert_eq!(
+        app.metric("matchday_order_batches_replayed_total").await,
+        0.0,
+        "a batch failed and was replayed order by order"
+    );
     (
         app.metric("matchday_order_batch_size_count").await,
         app.metric("matchday_order_batch_size_sum").await,
@@ -150,6 +158,7 @@ async fn a_key_twice_in_one_batch_fills_once_and_the_retry_replays() {
     let retry = app.order(&user.token, "same", &buy).await;
     assert_eq!(retry.status(), StatusCode::CREATED);
     assert_eq!(app.me(&user.token).await["balance_cents"], 99_000);
+    batches(&app).await;
 }
 
 #[tokio::test]
@@ -195,5 +204,21 @@ async fn many_users_racing_in_batches_keep_every_invariant() {
         assert_eq!(cash, 20_000 + rows[0].get::<_, i64>(0), "user {}", user.id);
         assert!(cash >= 0);
     }
+    // Every holding is exactly its orders' net shares.
+    let wrong = app
+        .sql(
+            "SELECT count(*) FROM holdings h FULL JOIN (
+                 SELECT user_id, player_id,
+                        sum(CASE side WHEN 'buy' THEN quantity ELSE -quantity END)::bigint AS net
+                   FROM orders GROUP BY user_id, player_id) o
+               ON o.user_id = h.user_id AND o.player_id = h.player_id
+              WHERE coalesce(h.quantity, 0) <> coalesce(o.net, 0) OR h.cost_cents < 0",
+        )
+        .await;
+    assert_eq!(
+        wrong[0].get::<_, i64>(0),
+        0,
+        "holdings that differ from their orders"
+    );
     assert_eq!(app.audit().await["ok"], true);
 }

@@ -20,6 +20,7 @@ mod cluster;
 
 mod checker;
 mod client;
+mod crash;
 mod faults;
 mod postgres;
 mod workload;

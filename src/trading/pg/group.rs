@@ -216,33 +216,39 @@ async fn read_state(tx: &Transaction<'_>, orders: &[&NewOrder]) -> Result<BatchS
     let user_params: [&(dyn ToSql + Sync); 1] = [&users];
     let pair_params: [&(dyn ToSql + Sync); 2] = [&pair_users, &pair_players];
     let sold_params: [&(dyn ToSql + Sync); 2] = [&sold_users, &sold_players];
-    let player_rows = tx.query(
-        "SELECT id, epoch, locked_until, price_cents FROM players WHERE id = ANY($1)",
-        &player_params,
-    );
-    let user_rows = tx.query(
+    let player_statement = tx
+        .prepare_cached(
+            "SELECT id, epoch, locked_until, price_cents FROM players WHERE id = ANY($1)",
+        )
+        .await?;
+    let player_rows = tx.query(&player_statement, &player_params);
+    let user_statement = tx.prepare_cached(
         "SELECT id, cash_cents, held_cents, provisional_proceeds(id), revision, clock_timestamp()
            FROM users WHERE id = ANY($1)",
-        &user_params,
-    );
-    let holding_rows = tx.query(
-        "SELECT h.user_id, h.player_id, h.quantity, h.cost_cents
+    ).await?;
+    let user_rows = tx.query(&user_statement, &user_params);
+    let holding_statement = tx
+        .prepare_cached(
+            "SELECT h.user_id, h.player_id, h.quantity, h.cost_cents
            FROM holdings h
            JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
              ON h.user_id = p.user_id AND h.player_id = p.player_id",
-        &pair_params,
-    );
+        )
+        .await?;
+    let holding_rows = tx.query(&holding_statement, &pair_params);
     // Provisional buys of the holdings being sold, as `sell_shares` reads them.
-    let provisional_rows = tx.query(
-        "SELECT o.user_id, o.player_id, sum(o.quantity)::bigint,
+    let provisional_statement = tx
+        .prepare_cached(
+            "SELECT o.user_id, o.player_id, sum(o.quantity)::bigint,
                 sum(o.cost_basis_cents)::bigint, min(o.final_at)
            FROM orders o
            JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
              ON o.user_id = p.user_id AND o.player_id = p.player_id
           WHERE o.side = 'buy' AND o.status = 'provisional' AND o.final_at > clock_timestamp()
           GROUP BY o.user_id, o.player_id",
-        &sold_params,
-    );
+        )
+        .await?;
+    let provisional_rows = tx.query(&provisional_statement, &sold_params);
     let (player_rows, user_rows, holding_rows, provisional_rows) =
         futures_util::future::try_join4(player_rows, user_rows, holding_rows, provisional_rows)
             .await?;
@@ -302,13 +308,13 @@ async fn order_ids(tx: &Transaction<'_>, count: usize) -> Result<Vec<i64>, Unexp
         return Ok(Vec::new());
     }
     let count = i64::try_from(count).map_err(Unexpected::from_error)?;
-    let row = tx
-        .query_one(
+    let statement = tx
+        .prepare_cached(
             "SELECT array_agg(id ORDER BY id)
                FROM (SELECT nextval('orders_id_seq') AS id FROM generate_series(1, $1::bigint)) ids",
-            &[&count],
         )
         .await?;
+    let row = tx.query_one(&statement, &[&count]).await?;
     Ok(row.get(0))
 }
 
@@ -389,27 +395,31 @@ impl<'a> Writes<'a> {
         }
         let account_params: [&(dyn ToSql + Sync); 4] =
             [&account_users, &deltas, &postings, &revisions];
-        let accounts = tx.execute(
-            "UPDATE users u SET cash_cents = u.cash_cents + d.delta,
+        let accounts_statement = tx
+            .prepare_cached(
+                "UPDATE users u SET cash_cents = u.cash_cents + d.delta,
                                 revision = u.revision + d.postings
                FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
                     AS d(user_id, delta, postings, revision)
               WHERE u.id = d.user_id AND u.revision = d.revision",
-            &account_params,
-        );
+            )
+            .await?;
+        let accounts = tx.execute(&accounts_statement, &account_params);
         // Two entries per fill: the user's and the market's, under `order:{id}`.
         let entry_params: [&(dyn ToSql + Sync); 4] =
             [&self.ids, &self.users, &self.sides, &self.totals];
-        let entries = tx.execute(
-            "INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
+        let entries_statement = tx
+            .prepare_cached(
+                "INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
              SELECT 'order:' || f.id, e.account,
                     CASE WHEN e.account = 'user' THEN f.user_id END,
                     CASE WHEN (f.side = 'buy') = (e.account = 'user') THEN -f.total ELSE f.total END
                FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[])
                     AS f(id, user_id, side, total),
                     (VALUES ('user'), ('market')) AS e(account)",
-            &entry_params,
-        );
+            )
+            .await?;
+        let entries = tx.execute(&entries_statement, &entry_params);
         let (mut holding_users, mut holding_players) = (Vec::new(), Vec::new());
         let (mut quantities, mut costs) = (Vec::new(), Vec::new());
         for (pair, now) in &after.holdings {
@@ -423,14 +433,28 @@ impl<'a> Writes<'a> {
         }
         let holding_params: [&(dyn ToSql + Sync); 4] =
             [&holding_users, &holding_players, &quantities, &costs];
-        let holdings = tx.execute(
-            "INSERT INTO holdings (user_id, player_id, quantity, cost_cents)
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
-             ON CONFLICT (user_id, player_id) DO UPDATE
-                SET quantity = holdings.quantity + EXCLUDED.quantity,
-                    cost_cents = holdings.cost_cents + EXCLUDED.cost_cents",
-            &holding_params,
-        );
+        let holdings_statement = tx
+            .prepare_cached(
+                // Not an upsert: its CHECKs would judge a sale's negative
+                // change as the row to insert. Existing rows are updated, and
+                // only the rest inserted (a buy's first shares).
+                "WITH d AS (
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+                               AS d(user_id, player_id, quantity, cost)
+             ), updated AS (
+                 UPDATE holdings h SET quantity = h.quantity + d.quantity,
+                                       cost_cents = h.cost_cents + d.cost
+                   FROM d
+                  WHERE h.user_id = d.user_id AND h.player_id = d.player_id
+                 RETURNING h.user_id, h.player_id
+             )
+             INSERT INTO holdings (user_id, player_id, quantity, cost_cents)
+             SELECT d.user_id, d.player_id, d.quantity, d.cost FROM d
+              WHERE NOT EXISTS (SELECT 1 FROM updated u
+                                 WHERE u.user_id = d.user_id AND u.player_id = d.player_id)",
+            )
+            .await?;
+        let holdings = tx.execute(&holdings_statement, &holding_params);
         let executed_at = self.executed_at.unwrap_or(after.now);
         let order_params: [&(dyn ToSql + Sync); 13] = [
             &self.ids,
@@ -447,8 +471,9 @@ impl<'a> Writes<'a> {
             &self.finals,
             &self.bases,
         ];
-        let orders = tx.execute(
-            "INSERT INTO orders (id, user_id, player_id, side, quantity, price_cents,
+        let orders_statement = tx
+            .prepare_cached(
+                "INSERT INTO orders (id, user_id, player_id, side, quantity, price_cents,
                                  total_cents, balance_cents, epoch, executed_at, status,
                                  final_at, cost_basis_cents)
              SELECT o.id, o.user_id, o.player_id, o.side, o.quantity, o.price, o.total,
@@ -458,8 +483,9 @@ impl<'a> Writes<'a> {
                            $12::timestamptz[], $13::bigint[])
                     AS o(id, user_id, player_id, side, quantity, price, total, balance, epoch,
                          status, final_at, basis)",
-            &order_params,
-        );
+            )
+            .await?;
+        let orders = tx.execute(&orders_statement, &order_params);
         let keys = idempotency::pg::record_many(tx, &self.keys, ORDERS_ENDPOINT);
         let (accounts_updated, _, _, _, keys_recorded) =
             futures_util::future::try_join5(accounts, entries, holdings, orders, keys).await?;
