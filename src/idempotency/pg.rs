@@ -82,16 +82,12 @@ pub async fn record(
     Ok(inserted == 1)
 }
 
-/// [`claim`] for many keys of one endpoint at once (group commit), in two
-/// statements: every lock, then every stored key. Keys must be distinct.
-pub async fn claim_many(
+/// The first half of [`claim`] for many keys at once (group commit): tries
+/// each key's lock; whether it was taken, in order. Keys must be distinct.
+pub async fn try_lock_keys(
     tx: &deadpool_postgres::Transaction<'_>,
     keys: &[(UserId, &IdempotencyKey, &str)],
-    endpoint: &str,
-) -> Result<Vec<Claim>, tokio_postgres::Error> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
+) -> Result<Vec<bool>, tokio_postgres::Error> {
     let locks: Vec<i64> = keys
         .iter()
         .map(|(user, key, _)| lock_id(*user, key))
@@ -99,36 +95,48 @@ pub async fn claim_many(
     let lock = tx
         .prepare_cached(
             "SELECT pg_try_advisory_xact_lock(t.lock)
-               FROM unnest($1::bigint[]) WITH ORDINALITY AS t(lock, at) ORDER BY t.at",
+             FROM unnest($1::bigint[]) WITH ORDINALITY AS t(lock, at) ORDER BY t.at",
         )
         .await?;
-    let taken: Vec<bool> = tx
+    Ok(tx
         .query(&lock, &[&locks])
         .await?
         .iter()
         .map(|row| row.get(0))
-        .collect();
+        .collect())
+}
+
+/// The second half: what each key says, given whether its lock was
+/// `taken` ([`try_lock_keys`], whose answer must have arrived: this reads
+/// in a later snapshot, so a holder that committed before the lock was
+/// granted is seen).
+pub async fn read_claims(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keys: &[(UserId, &IdempotencyKey, &str)],
+    endpoint: &str,
+    taken: Vec<bool>,
+) -> Result<Vec<Claim>, tokio_postgres::Error> {
     let users: Vec<i64> = keys.iter().map(|(user, _, _)| user.0).collect();
     let names: Vec<&str> = keys.iter().map(|(_, key, _)| key.as_str()).collect();
-    // Read after the locks (a later statement, a later snapshot): a
-    // holder that committed before our lock was granted is seen.
-    let mut stored: std::collections::HashMap<(i64, String), (String, String, serde_json::Value)> =
-        tx.query(
+    let read = tx
+        .prepare_cached(
             "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
                FROM idempotency_keys k
                JOIN unnest($1::bigint[], $2::text[]) AS t(user_id, key)
                  ON k.user_id = t.user_id AND k.key = t.key",
-            &[&users, &names],
         )
-        .await?
-        .iter()
-        .map(|row| {
-            (
-                (row.get(0), row.get(1)),
-                (row.get(2), row.get(3), row.get(4)),
-            )
-        })
-        .collect();
+        .await?;
+    let mut stored: std::collections::HashMap<(i64, String), (String, String, serde_json::Value)> =
+        tx.query(&read, &[&users, &names])
+            .await?
+            .iter()
+            .map(|row| {
+                (
+                    (row.get(0), row.get(1)),
+                    (row.get(2), row.get(3), row.get(4)),
+                )
+            })
+            .collect();
     Ok(keys
         .iter()
         .zip(taken)

@@ -184,13 +184,22 @@ pub async fn balances(
 /// than one user does (holds, captures, voids): two of them sharing users
 /// (or an order, which locks one user row) cannot deadlock.
 pub async fn lock_users(tx: &Transaction<'_>, users: &[i64]) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-        &[&users],
-    )
-    .await?;
+    tx.execute(LOCK_USERS, &[&users]).await?;
     Ok(())
 }
+
+/// [`lock_users`] with the statement prepared once per connection (group
+/// commit runs it for every batch).
+pub async fn lock_users_prepared(
+    tx: &deadpool_postgres::Transaction<'_>,
+    users: &[i64],
+) -> Result<(), tokio_postgres::Error> {
+    let lock = tx.prepare_cached(LOCK_USERS).await?;
+    tx.execute(&lock, &[&users]).await?;
+    Ok(())
+}
+
+const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 /// Holds cash for each `(user, amount)` whose spendable cash (cash − held −
 /// provisional sale proceeds) covers it, guarded in the statement: returns the users whose hold was

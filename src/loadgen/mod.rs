@@ -17,6 +17,7 @@
 
 pub mod baseline;
 pub mod drop;
+pub mod executor;
 pub mod fairness;
 pub mod http;
 pub mod leaderboard;
@@ -39,6 +40,7 @@ const HELP: &str = "usage: matchday loadgen orders [--url URL] [--admin-token TO
        matchday loadgen http [options]         (see `matchday loadgen http --help`)
        matchday loadgen http-baseline [options] (see `matchday loadgen http-baseline --help`)
        matchday loadgen drop [options]         (see `matchday loadgen drop --help`)
+       matchday loadgen executor [options]     (see `matchday loadgen executor --help`)
        matchday loadgen leaderboard [options]  (see `matchday loadgen leaderboard --help`)
        matchday loadgen fairness [options]     (see `matchday loadgen fairness --help`)
 
@@ -166,6 +168,11 @@ pub async fn main(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("http-baseline") => http::baseline(&args[1..]).await,
+        Some("executor") if wants_help(&args[1..]) => {
+            println!("{}", executor::HELP);
+            ExitCode::SUCCESS
+        }
+        Some("executor") => executor::main(&args[1..]).await,
         Some("drop") if wants_help(&args[1..]) => {
             println!("{}", drop::HELP);
             ExitCode::SUCCESS
@@ -229,6 +236,29 @@ pub(crate) async fn admin_get(
 
 /// `count` users with a large balance through `/admin/users/bulk`; their
 /// tokens.
+/// Creates `count` players priced 10.00, 11.00, …; their ids.
+pub(crate) async fn create_players(
+    client: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    count: usize,
+) -> Result<Vec<i64>, String> {
+    let mut players = Vec::new();
+    for n in 0..count {
+        let created = admin_post(
+            client,
+            url,
+            admin,
+            &json!({"name": format!("Load Player {n}"), "team": "Load FC",
+                    "position": "MF", "price_cents": 1_000 + 100 * n as i64}),
+            "creating players (is --admin-token right?)",
+        )
+        .await?;
+        players.push(created["id"].as_i64().ok_or("player without id")?);
+    }
+    Ok(players)
+}
+
 pub(crate) async fn bulk_users(
     client: &reqwest::Client,
     url: &str,
@@ -460,19 +490,7 @@ async fn orders(options: Options) -> Result<(), String> {
     let admin = format!("Bearer {}", options.admin_token);
     let api = |path: &str| format!("{}/api/v1{}", options.url, path);
 
-    let mut players = Vec::new();
-    for n in 0..options.players {
-        let created = admin_post(
-            &client,
-            &api("/admin/players"),
-            &admin,
-            &json!({"name": format!("Load Player {n}"), "team": "Load FC",
-                    "position": "MF", "price_cents": 1_000 + 100 * n as i64}),
-            "creating players (is --admin-token right?)",
-        )
-        .await?;
-        players.push(created["id"].as_i64().ok_or("player without id")?);
-    }
+    let players = create_players(&client, &api("/admin/players"), &admin, options.players).await?;
     let prefix = format!("lg{}_", rand::thread_rng().gen_range(0..1_000_000));
     let tokens: Vec<String> = bulk_users(
         &client,

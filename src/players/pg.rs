@@ -178,18 +178,19 @@ pub async fn enter_trade_gate(
 /// A batch of orders passes the gates of all its players, in ascending
 /// order of their lock keys (so two batches cannot deadlock).
 pub async fn enter_trade_gates(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     players: &[PlayerId],
 ) -> Result<(), tokio_postgres::Error> {
     let mut keys: Vec<i32> = players.iter().map(|player| gate_key(*player)).collect();
     keys.sort_unstable();
     keys.dedup();
-    tx.execute(
-        "SELECT count(pg_advisory_xact_lock_shared($1, k))
-           FROM (SELECT k FROM unnest($2::int[]) AS k ORDER BY k) gates",
-        &[&TRADE_GATE_CLASS, &keys],
-    )
-    .await?;
+    let enter = tx
+        .prepare_cached(
+            "SELECT count(pg_advisory_xact_lock_shared($1, k))
+               FROM (SELECT k FROM unnest($2::int[]) AS k ORDER BY k) gates",
+        )
+        .await?;
+    tx.execute(&enter, &[&TRADE_GATE_CLASS, &keys]).await?;
     Ok(())
 }
 

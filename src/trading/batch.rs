@@ -75,7 +75,12 @@ impl<J: Send + 'static, R: Send + 'static> Batcher<J, R> {
                         });
                         let (jobs, replies): (Vec<J>, Vec<oneshot::Sender<R>>) =
                             batch.into_iter().map(|job| (job.job, job.reply)).unzip();
-                        let results = run(jobs).await;
+                        // In a task of its own: a panic fails this batch's
+                        // callers (their replies are dropped: `submit` says
+                        // None), not the executor.
+                        let Ok(results) = tokio::spawn(run(jobs)).await else {
+                            continue;
+                        };
                         debug_assert_eq!(results.len(), replies.len());
                         for (reply, result) in replies.into_iter().zip(results) {
                             // A caller that gave up does not hold up the rest.
@@ -198,6 +203,20 @@ mod tests {
         let started = Instant::now();
         assert_eq!(batcher.submit(0, 1).await, Some(1));
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_callers_and_the_executor_goes_on() {
+        let batcher = Batcher::spawn(
+            limits(8, 0, 1),
+            |jobs: Vec<u8>| async move {
+                assert!(!jobs.contains(&13), "unlucky batch");
+                jobs
+            },
+            |_| {},
+        );
+        assert_eq!(batcher.submit(0, 13).await, None);
+        assert_eq!(batcher.submit(0, 1).await, Some(1));
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@ use crate::players::gate;
 
 mod group;
 
+/// Users whose orders a failed batch (or a `delay` batch) places at once.
+const ONE_BY_ONE_USERS: usize = 8;
+
 /// Orders and holdings in Postgres.
 pub struct PgOrders {
     pool: Pool,
@@ -40,6 +43,41 @@ impl PgOrders {
     pub fn counting_replays(mut self, counter: prometheus::IntCounter) -> PgOrders {
         self.replayed = Some(counter);
         self
+    }
+
+    /// Places `orders` one transaction each: a user's one after another in
+    /// arrival order (as a batch would have), at most
+    /// [`ONE_BY_ONE_USERS`] users at once (a failed batch must not take
+    /// every pooled connection).
+    async fn place_each(&self, orders: &[NewOrder]) -> Vec<Result<Placed, TradingError>> {
+        use futures_util::StreamExt;
+        let mut chains: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+        for (at, order) in orders.iter().enumerate() {
+            chains.entry(order.user.0).or_default().push(at);
+        }
+        let placed: Vec<Vec<(usize, Result<Placed, TradingError>)>> =
+            futures_util::stream::iter(chains.into_values().map(|chain| async move {
+                let mut placed = Vec::with_capacity(chain.len());
+                for at in chain {
+                    placed.push((at, self.place(&orders[at]).await));
+                }
+                placed
+            }))
+            .buffer_unordered(ONE_BY_ONE_USERS)
+            .collect()
+            .await;
+        let mut answers: Vec<Option<Result<Placed, TradingError>>> =
+            orders.iter().map(|_| None).collect();
+        for (at, answer) in placed.into_iter().flatten() {
+            answers[at] = Some(answer);
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer
+                    .unwrap_or_else(|| Err(unexpected(Unexpected::msg("an order was not placed"))))
+            })
+            .collect()
     }
 }
 
@@ -598,22 +636,45 @@ impl OrderStore for PgOrders {
 
     #[tracing::instrument(skip_all, fields(orders = orders.len()))]
     async fn place_batch(&self, orders: Vec<NewOrder>) -> Vec<Result<Placed, TradingError>> {
-        if self.fairness.policy != FairnessPolicy::Delay {
+        // A lone order takes the one-by-one path: fewer round trips than a
+        // batch's, so batching costs it only the queue's wait.
+        if orders.len() > 1 && self.fairness.policy != FairnessPolicy::Delay {
             match self.try_batch(&orders).await {
                 Ok(results) => return results,
-                // Nothing of it committed (or, if the commit's answer was
-                // lost, it did and each key now replays): each order again
-                // on its own, so one that cannot be placed fails alone.
-                Err(error) => {
+                // Each order again on its own, so one that cannot be placed
+                // fails alone.
+                Err(group::BatchFailure::RolledBack(error)) => {
                     if let Some(counter) = &self.replayed {
                         counter.inc();
                     }
                     tracing::warn!(%error, orders = orders.len(), "a batch of orders failed; placing them one by one");
                 }
+                // It may have committed: as one by one when a commit's answer
+                // is lost, the client is told it failed, and its retry with
+                // the key finds out.
+                Err(group::BatchFailure::CommitUnknown(error)) => {
+                    tracing::warn!(%error, orders = orders.len(), "a batch's commit failed");
+                    // Each caller gets its own copy; a connection cut off
+                    // (a 503, retry) stays one.
+                    let cut_off = error.is_unavailable();
+                    return orders
+                        .iter()
+                        .map(|_| {
+                            let message = format!("the batch's commit failed: {error}");
+                            Err(unexpected(if cut_off {
+                                Unexpected::from_error(std::io::Error::new(
+                                    std::io::ErrorKind::ConnectionAborted,
+                                    message,
+                                ))
+                            } else {
+                                Unexpected::msg(message)
+                            }))
+                        })
+                        .collect();
+                }
             }
         }
-        // Side by side, each on its own connection, as without batches.
-        futures_util::future::join_all(orders.iter().map(|order| self.place(order))).await
+        self.place_each(&orders).await
     }
 
     async fn orders(&self, user: UserId, limit: i64) -> Result<Vec<Order>, Unexpected> {

@@ -31,11 +31,24 @@ use crate::trading::{Fill, NewOrder, Order, Placed, Rejection, TradingError, ORD
 
 type Answer = Result<Placed, TradingError>;
 
+/// Why a batch has no answers.
+pub(super) enum BatchFailure {
+    /// Nothing of it committed: its orders may be placed again.
+    RolledBack(Unexpected),
+    /// Its commit failed in a way that leaves the outcome unknown: it may
+    /// have committed, so its orders must not be placed again (a retry
+    /// with the key tells).
+    CommitUnknown(Unexpected),
+}
+
+fn rolled_back(error: impl Into<Unexpected>) -> BatchFailure {
+    BatchFailure::RolledBack(error.into())
+}
+
 impl PgOrders {
     /// Places `orders` (arrival order) in one transaction; their answers,
-    /// in the same order, once it has committed. Err: nothing of the batch
-    /// committed, or (the commit's answer lost) all of it did.
-    pub(super) async fn try_batch(&self, orders: &[NewOrder]) -> Result<Vec<Answer>, Unexpected> {
+    /// in the same order, once it has committed.
+    pub(super) async fn try_batch(&self, orders: &[NewOrder]) -> Result<Vec<Answer>, BatchFailure> {
         let mut answers: Vec<Option<Answer>> = orders.iter().map(|_| None).collect();
         // A key twice in one batch: the second is a retry racing the first.
         let mut keys = HashSet::new();
@@ -48,15 +61,15 @@ impl PgOrders {
             }
         }
 
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        match self.apply(&tx, orders, &claiming, &mut answers).await {
-            Ok(()) => tx.commit().await?,
-            Err(error) => {
-                let _ = tx.rollback().await;
-                return Err(error);
-            }
+        let mut client = self.pool.get().await.map_err(rolled_back)?;
+        let tx = client.transaction().await.map_err(rolled_back)?;
+        if let Err(error) = self.apply(&tx, orders, &claiming, &mut answers).await {
+            let _ = tx.rollback().await;
+            return Err(BatchFailure::RolledBack(error));
         }
+        tx.commit()
+            .await
+            .map_err(|error| BatchFailure::CommitUnknown(error.into()))?;
         Ok(answers
             .into_iter()
             .map(|answer| {
@@ -81,7 +94,7 @@ impl PgOrders {
         let players: Vec<PlayerId> = sorted(claiming.iter().map(|&at| orders[at].player));
         let users: Vec<i64> = sorted(claiming.iter().map(|&at| orders[at].user.0));
         gate::enter_trade_gates(tx, &players).await?;
-        posting::lock_users(tx, &users).await?;
+        posting::lock_users_prepared(tx, &users).await?;
 
         let wanted: Vec<(UserId, &idempotency::IdempotencyKey, &str)> = claiming
             .iter()
@@ -93,7 +106,17 @@ impl PgOrders {
                 )
             })
             .collect();
-        let claims = idempotency::pg::claim_many(tx, &wanted, ORDERS_ENDPOINT).await?;
+        // One round trip, pipelined: the keys' locks, the state every order
+        // touches and an id for each (ids are only unique, not gapless).
+        // The state needs no key: it is frozen by the locks taken above.
+        let claiming_orders: Vec<&NewOrder> = claiming.iter().map(|&at| &orders[at]).collect();
+        let (taken, mut state, ids) = futures_util::future::try_join3(
+            async { Ok(idempotency::pg::try_lock_keys(tx, &wanted).await?) },
+            read_state(tx, &claiming_orders),
+            order_ids(tx, claiming.len()),
+        )
+        .await?;
+        let claims = idempotency::pg::read_claims(tx, &wanted, ORDERS_ENDPOINT, taken).await?;
         let mut fresh = Vec::with_capacity(claiming.len());
         for (&at, claim) in claiming.iter().zip(claims) {
             answers[at] = match claim {
@@ -115,15 +138,9 @@ impl PgOrders {
         }
 
         let fresh_orders: Vec<&NewOrder> = fresh.iter().map(|&at| &orders[at]).collect();
-        let mut state = read_state(tx, &fresh_orders).await?;
         let before = state.clone();
         let decisions = plan::decide(&fresh_orders, &mut state, &self.fairness)?;
-
-        let fills = decisions
-            .iter()
-            .filter(|decision| matches!(decision, Decision::Fill(_)))
-            .count();
-        let mut ids = order_ids(tx, fills).await?.into_iter();
+        let mut ids = ids.into_iter();
         let mut writes = Writes::default();
         for ((&at, order), decision) in fresh.iter().zip(&fresh_orders).zip(decisions) {
             let outcome = match decision {
@@ -224,15 +241,15 @@ async fn read_state(tx: &Transaction<'_>, orders: &[&NewOrder]) -> Result<BatchS
     let player_rows = tx.query(&player_statement, &player_params);
     let user_statement = tx.prepare_cached(
         "SELECT id, cash_cents, held_cents, provisional_proceeds(id), revision, clock_timestamp()
-           FROM users WHERE id = ANY($1)",
+         FROM users WHERE id = ANY($1)",
     ).await?;
     let user_rows = tx.query(&user_statement, &user_params);
     let holding_statement = tx
         .prepare_cached(
             "SELECT h.user_id, h.player_id, h.quantity, h.cost_cents
-           FROM holdings h
-           JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
-             ON h.user_id = p.user_id AND h.player_id = p.player_id",
+             FROM holdings h
+             JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
+               ON h.user_id = p.user_id AND h.player_id = p.player_id",
         )
         .await?;
     let holding_rows = tx.query(&holding_statement, &pair_params);
@@ -240,12 +257,12 @@ async fn read_state(tx: &Transaction<'_>, orders: &[&NewOrder]) -> Result<BatchS
     let provisional_statement = tx
         .prepare_cached(
             "SELECT o.user_id, o.player_id, sum(o.quantity)::bigint,
-                sum(o.cost_basis_cents)::bigint, min(o.final_at)
-           FROM orders o
-           JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
-             ON o.user_id = p.user_id AND o.player_id = p.player_id
-          WHERE o.side = 'buy' AND o.status = 'provisional' AND o.final_at > clock_timestamp()
-          GROUP BY o.user_id, o.player_id",
+                   sum(o.cost_basis_cents)::bigint, min(o.final_at)
+              FROM orders o
+              JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
+                ON o.user_id = p.user_id AND o.player_id = p.player_id
+             WHERE o.side = 'buy' AND o.status = 'provisional' AND o.final_at > clock_timestamp()
+             GROUP BY o.user_id, o.player_id",
         )
         .await?;
     let provisional_rows = tx.query(&provisional_statement, &sold_params);
@@ -304,18 +321,14 @@ async fn read_state(tx: &Transaction<'_>, orders: &[&NewOrder]) -> Result<BatchS
 
 /// `count` new order ids, ascending.
 async fn order_ids(tx: &Transaction<'_>, count: usize) -> Result<Vec<i64>, Unexpected> {
-    if count == 0 {
-        return Ok(Vec::new());
-    }
     let count = i64::try_from(count).map_err(Unexpected::from_error)?;
     let statement = tx
         .prepare_cached(
-            "SELECT array_agg(id ORDER BY id)
+            "SELECT coalesce(array_agg(id ORDER BY id), '{}')
                FROM (SELECT nextval('orders_id_seq') AS id FROM generate_series(1, $1::bigint)) ids",
         )
         .await?;
-    let row = tx.query_one(&statement, &[&count]).await?;
-    Ok(row.get(0))
+    Ok(tx.query_one(&statement, &[&count]).await?.get(0))
 }
 
 /// The rows a batch writes, column by column.
@@ -398,10 +411,10 @@ impl<'a> Writes<'a> {
         let accounts_statement = tx
             .prepare_cached(
                 "UPDATE users u SET cash_cents = u.cash_cents + d.delta,
-                                revision = u.revision + d.postings
-               FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
-                    AS d(user_id, delta, postings, revision)
-              WHERE u.id = d.user_id AND u.revision = d.revision",
+                                   revision = u.revision + d.postings
+                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+                       AS d(user_id, delta, postings, revision)
+                 WHERE u.id = d.user_id AND u.revision = d.revision",
             )
             .await?;
         let accounts = tx.execute(&accounts_statement, &account_params);
@@ -411,12 +424,12 @@ impl<'a> Writes<'a> {
         let entries_statement = tx
             .prepare_cached(
                 "INSERT INTO ledger_entries (txn, account, user_id, amount_cents)
-             SELECT 'order:' || f.id, e.account,
-                    CASE WHEN e.account = 'user' THEN f.user_id END,
-                    CASE WHEN (f.side = 'buy') = (e.account = 'user') THEN -f.total ELSE f.total END
-               FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[])
-                    AS f(id, user_id, side, total),
-                    (VALUES ('user'), ('market')) AS e(account)",
+                 SELECT 'order:' || f.id, e.account,
+                        CASE WHEN e.account = 'user' THEN f.user_id END,
+                        CASE WHEN (f.side = 'buy') = (e.account = 'user') THEN -f.total ELSE f.total END
+                   FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[])
+                        AS f(id, user_id, side, total),
+                        (VALUES ('user'), ('market')) AS e(account)",
             )
             .await?;
         let entries = tx.execute(&entries_statement, &entry_params);
@@ -474,15 +487,15 @@ impl<'a> Writes<'a> {
         let orders_statement = tx
             .prepare_cached(
                 "INSERT INTO orders (id, user_id, player_id, side, quantity, price_cents,
-                                 total_cents, balance_cents, epoch, executed_at, status,
-                                 final_at, cost_basis_cents)
-             SELECT o.id, o.user_id, o.player_id, o.side, o.quantity, o.price, o.total,
-                    o.balance, o.epoch, $10, o.status, o.final_at, o.basis
-               FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
-                           $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $11::text[],
-                           $12::timestamptz[], $13::bigint[])
-                    AS o(id, user_id, player_id, side, quantity, price, total, balance, epoch,
-                         status, final_at, basis)",
+                                     total_cents, balance_cents, epoch, executed_at, status,
+                                     final_at, cost_basis_cents)
+                 SELECT o.id, o.user_id, o.player_id, o.side, o.quantity, o.price, o.total,
+                        o.balance, o.epoch, $10, o.status, o.final_at, o.basis
+                   FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                               $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $11::text[],
+                               $12::timestamptz[], $13::bigint[])
+                        AS o(id, user_id, player_id, side, quantity, price, total, balance, epoch,
+                             status, final_at, basis)",
             )
             .await?;
         let orders = tx.execute(&orders_statement, &order_params);
