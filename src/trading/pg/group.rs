@@ -347,7 +347,6 @@ struct Writes<'a> {
     statuses: Vec<&'static str>,
     finals: Vec<Option<DateTime<Utc>>>,
     bases: Vec<i64>,
-    executed_at: Option<DateTime<Utc>>,
     // idempotency keys
     keys: Vec<(
         UserId,
@@ -371,7 +370,6 @@ impl<'a> Writes<'a> {
         self.statuses.push(fill.status.as_str());
         self.finals.push(fill.final_at);
         self.bases.push(basis.get());
-        self.executed_at = Some(fill.executed_at);
     }
 
     fn key(
@@ -468,7 +466,8 @@ impl<'a> Writes<'a> {
             )
             .await?;
         let holdings = tx.execute(&holdings_statement, &holding_params);
-        let executed_at = self.executed_at.unwrap_or(after.now);
+        // Every fill of the batch is stamped with the time of its reads.
+        let executed_at = after.now;
         let order_params: [&(dyn ToSql + Sync); 13] = [
             &self.ids,
             &self.users,
