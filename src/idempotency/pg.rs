@@ -118,25 +118,7 @@ pub async fn read_claims(
 ) -> Result<Vec<Claim>, tokio_postgres::Error> {
     let users: Vec<i64> = keys.iter().map(|(user, _, _)| user.0).collect();
     let names: Vec<&str> = keys.iter().map(|(_, key, _)| key.as_str()).collect();
-    let read = tx
-        .prepare_cached(
-            "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
-               FROM idempotency_keys k
-               JOIN unnest($1::bigint[], $2::text[]) AS t(user_id, key)
-                 ON k.user_id = t.user_id AND k.key = t.key",
-        )
-        .await?;
-    let mut stored: std::collections::HashMap<(i64, String), (String, String, serde_json::Value)> =
-        tx.query(&read, &[&users, &names])
-            .await?
-            .iter()
-            .map(|row| {
-                (
-                    (row.get(0), row.get(1)),
-                    (row.get(2), row.get(3), row.get(4)),
-                )
-            })
-            .collect();
+    let mut stored = stored_keys(tx, &users, &names).await?;
     Ok(keys
         .iter()
         .zip(taken)
@@ -146,13 +128,10 @@ pub async fn read_claims(
             }
             match stored.remove(&(user.0, key.as_str().to_string())) {
                 None => Claim::Fresh,
-                Some((seen_endpoint, seen_fingerprint, outcome)) => {
-                    if seen_endpoint == endpoint && seen_fingerprint == *fingerprint {
-                        Claim::Replay(outcome)
-                    } else {
-                        Claim::Reused
-                    }
+                Some(seen) if seen.is_retry_of(endpoint, fingerprint) => {
+                    Claim::Replay(seen.outcome)
                 }
+                Some(_) => Claim::Reused,
             }
         })
         .collect())
@@ -198,4 +177,50 @@ pub async fn purge(pool: &Pool, retention_hours: i64) -> Result<u64, crate::erro
         )
         .await?;
     Ok(deleted)
+}
+
+/// A key as the key table holds it.
+pub struct StoredKey {
+    pub endpoint: String,
+    pub fingerprint: String,
+    pub outcome: serde_json::Value,
+}
+
+impl StoredKey {
+    /// Whether a request to `endpoint` with this body (`fingerprint`) is a
+    /// retry of the stored one, rather than the key used again for another.
+    pub fn is_retry_of(&self, endpoint: &str, fingerprint: &str) -> bool {
+        self.endpoint == endpoint && self.fingerprint == fingerprint
+    }
+}
+
+/// The stored keys among (`users[i]`, `keys[i]`), by (user id, key).
+pub async fn stored_keys(
+    tx: &deadpool_postgres::Transaction<'_>,
+    users: &[i64],
+    keys: &[&str],
+) -> Result<std::collections::HashMap<(i64, String), StoredKey>, tokio_postgres::Error> {
+    let read = tx
+        .prepare_cached(
+            "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
+               FROM idempotency_keys k
+               JOIN unnest($1::bigint[], $2::text[]) AS t(user_id, key)
+                 ON k.user_id = t.user_id AND k.key = t.key",
+        )
+        .await?;
+    Ok(tx
+        .query(&read, &[&users, &keys])
+        .await?
+        .iter()
+        .map(|row| {
+            (
+                (row.get(0), row.get(1)),
+                StoredKey {
+                    endpoint: row.get(2),
+                    fingerprint: row.get(3),
+                    outcome: row.get(4),
+                },
+            )
+        })
+        .collect())
 }

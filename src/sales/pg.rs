@@ -311,32 +311,15 @@ impl PgSales {
         if !conflicted.is_empty() {
             let users: Vec<i64> = conflicted.iter().map(|&i| batch[i].user.0).collect();
             let keys: Vec<&str> = conflicted.iter().map(|&i| batch[i].key.as_str()).collect();
-            let stored: HashMap<(i64, String), (String, String, serde_json::Value)> = tx
-                .query(
-                    "SELECT i.user_id, i.key, i.endpoint, i.fingerprint, i.outcome
-                       FROM idempotency_keys i
-                       JOIN unnest($1::bigint[], $2::text[]) AS k(user_id, key)
-                         ON k.user_id = i.user_id AND k.key = i.key",
-                    &[&users, &keys],
-                )
-                .await?
-                .iter()
-                .map(|row| {
-                    (
-                        (row.get(0), row.get(1)),
-                        (row.get(2), row.get(3), row.get(4)),
-                    )
-                })
-                .collect();
+            let stored = crate::idempotency::pg::stored_keys(&tx, &users, &keys).await?;
             for &i in &conflicted {
                 let reservation = &batch[i];
                 outcomes[i] = Some(
                     match stored.get(&(reservation.user.0, reservation.key.clone())) {
-                        Some((endpoint, fingerprint, outcome))
-                            if endpoint == PURCHASES_ENDPOINT
-                                && *fingerprint == reservation.fingerprint =>
+                        Some(seen)
+                            if seen.is_retry_of(PURCHASES_ENDPOINT, &reservation.fingerprint) =>
                         {
-                            Durable::Replay(outcome.clone())
+                            Durable::Replay(seen.outcome.clone())
                         }
                         _ => Durable::KeyReused,
                     },
