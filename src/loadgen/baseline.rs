@@ -77,24 +77,17 @@ impl Default for Options {
 /// Parses the arguments after `loadgen ws-baseline`.
 pub fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options::default();
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
-            "--host" => options.host = value()?,
-            "--port" => {
-                options.port = value()?
-                    .parse()
-                    .map_err(|_| "--port: not a port".to_string())?
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
+            "--host" => options.host = flags.value(flag)?,
+            "--port" => options.port = flags.parsed(flag)?,
+            "--players" => options.players = flags.parsed::<usize>(flag)?.max(1),
+            "--tick-ms" => options.tick = Duration::from_millis(flags.parsed::<u64>(flag)?.max(1)),
+            "--flush-ms" => {
+                options.flush = Duration::from_millis(flags.parsed::<u64>(flag)?.max(1))
             }
-            "--players" => options.players = number(value()?)?.max(1),
-            "--tick-ms" => options.tick = Duration::from_millis(number(value()?)?.max(1) as u64),
-            "--flush-ms" => options.flush = Duration::from_millis(number(value()?)?.max(1) as u64),
-            "--workers" => options.workers = number(value()?)?,
+            "--workers" => options.workers = flags.parsed(flag)?,
             other => return Err(format!("unknown option {other}")),
         }
     }

@@ -102,24 +102,19 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         settle_timeout: Duration::from_secs(120),
     };
     let mut url = None;
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
-            "--url" => url = Some(value()?),
-            "--admin-token" => options.admin_token = value()?,
-            "--units" => options.units = number(value()?)?,
-            "--buyers" => options.buyers = number(value()?)? as usize,
-            "--concurrency" => options.concurrency = number(value()?)?.max(1) as usize,
-            "--quantity" => options.quantity = number(value()?)?,
-            "--short-percent" => options.short_percent = number(value()?)?,
-            "--price-cents" => options.price_cents = number(value()?)? as i64,
-            "--max-per-user" => options.max_per_user = Some(number(value()?)?),
-            "--settle-timeout" => options.settle_timeout = Duration::from_secs(number(value()?)?),
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
+            "--url" => url = Some(flags.value(flag)?),
+            "--admin-token" => options.admin_token = flags.value(flag)?,
+            "--units" => options.units = flags.parsed(flag)?,
+            "--buyers" => options.buyers = flags.parsed(flag)?,
+            "--concurrency" => options.concurrency = flags.parsed::<usize>(flag)?.max(1),
+            "--quantity" => options.quantity = flags.parsed(flag)?,
+            "--short-percent" => options.short_percent = flags.parsed(flag)?,
+            "--price-cents" => options.price_cents = flags.parsed(flag)?,
+            "--max-per-user" => options.max_per_user = Some(flags.parsed(flag)?),
+            "--settle-timeout" => options.settle_timeout = flags.seconds(flag)?,
             other => return Err(format!("unknown option {other}")),
         }
     }

@@ -63,23 +63,18 @@ fn parse(args: &[String]) -> Result<Options, String> {
         one_by_one: None,
         duration: Duration::from_secs(10),
     };
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{flag}: not a number"))
-        };
-        match flag.as_str() {
-            "--url" => options.url = value()?,
-            "--admin-token" => options.admin_token = value()?,
-            "--database-url" => options.database_url = value()?,
-            "--users" => options.users = number(value()?)?.max(1),
-            "--players" => options.players = number(value()?)?.max(1),
-            "--batch" => options.batch = number(value()?)?.max(1),
-            "--executors" => options.executors = number(value()?)?.max(1),
-            "--one-by-one" => options.one_by_one = Some(number(value()?)?.max(1)),
-            "--duration" => options.duration = Duration::from_secs(number(value()?)? as u64),
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
+            "--url" => options.url = flags.value(flag)?,
+            "--admin-token" => options.admin_token = flags.value(flag)?,
+            "--database-url" => options.database_url = flags.value(flag)?,
+            "--users" => options.users = flags.parsed::<usize>(flag)?.max(1),
+            "--players" => options.players = flags.parsed::<usize>(flag)?.max(1),
+            "--batch" => options.batch = flags.parsed::<usize>(flag)?.max(1),
+            "--executors" => options.executors = flags.parsed::<usize>(flag)?.max(1),
+            "--one-by-one" => options.one_by_one = Some(flags.parsed::<usize>(flag)?.max(1)),
+            "--duration" => options.duration = flags.seconds(flag)?,
             other => return Err(format!("unknown option {other}")),
         }
     }

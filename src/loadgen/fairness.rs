@@ -104,33 +104,29 @@ fn parse(args: &[String]) -> Result<Options, String> {
         seed: 1,
         label: "unlabelled".into(),
     };
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        let float = |v: String| {
-            v.parse::<f64>()
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        let mut float = |flag: &str| {
+            flags
+                .parsed::<f64>(flag)
                 .ok()
                 .filter(|x| x.is_finite() && *x >= 0.0)
                 .ok_or(format!("{flag}: not a non-negative number"))
         };
-        let whole = |v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: not a whole number"))
-        };
-        match flag.as_str() {
-            "--url" => options.url = value()?.trim_end_matches('/').to_string(),
-            "--admin-token" => options.admin_token = value()?,
-            "--events" => options.events = value()?.into(),
-            "--meta" => options.meta = value()?.into(),
-            "--speed" => options.speed = float(value()?)?,
-            "--minutes" => options.minutes = Some(whole(value()?)? as u32),
-            "--lag-min" => options.lag_min = float(value()?)?,
-            "--lag-max" => options.lag_max = float(value()?)?,
-            "--honest" => options.honest = whole(value()?)? as usize,
-            "--courtsiders" => options.courtsiders = whole(value()?)? as usize,
-            "--quantity" => options.quantity = whole(value()?)?.max(1) as i64,
-            "--seed" => options.seed = whole(value()?)?,
-            "--label" => options.label = value()?,
+        match flag {
+            "--speed" => options.speed = float(flag)?,
+            "--lag-min" => options.lag_min = float(flag)?,
+            "--lag-max" => options.lag_max = float(flag)?,
+            "--url" => options.url = flags.value(flag)?.trim_end_matches('/').to_string(),
+            "--admin-token" => options.admin_token = flags.value(flag)?,
+            "--events" => options.events = flags.value(flag)?.into(),
+            "--meta" => options.meta = flags.value(flag)?.into(),
+            "--minutes" => options.minutes = Some(flags.parsed(flag)?),
+            "--honest" => options.honest = flags.parsed(flag)?,
+            "--courtsiders" => options.courtsiders = flags.parsed(flag)?,
+            "--quantity" => options.quantity = flags.parsed::<i64>(flag)?.max(1),
+            "--seed" => options.seed = flags.parsed(flag)?,
+            "--label" => options.label = flags.value(flag)?,
             other => return Err(format!("unknown option {other}")),
         }
     }

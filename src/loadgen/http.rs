@@ -325,32 +325,23 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         runtime: RuntimeKind::Current,
         server_pids: Vec::new(),
     };
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
-            "--url" => url = Some(value()?),
-            "--path" => options.path = value()?,
-            "--concurrency" => options.concurrency = number(value()?)?.max(1),
-            "--duration" => options.duration = Duration::from_secs(number(value()?)?.max(1) as u64),
-            "--connections" => options.connections = number(value()?)?.max(1),
-            "--threads" => options.threads = number(value()?)?.max(1),
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
+            "--url" => url = Some(flags.value(flag)?),
+            "--path" => options.path = flags.value(flag)?,
+            "--concurrency" => options.concurrency = flags.parsed::<usize>(flag)?.max(1),
+            "--duration" => options.duration = flags.seconds(flag)?.max(Duration::from_secs(1)),
+            "--connections" => options.connections = flags.parsed::<usize>(flag)?.max(1),
+            "--threads" => options.threads = flags.parsed::<usize>(flag)?.max(1),
             "--runtime" => {
-                options.runtime = match value()?.as_str() {
+                options.runtime = match flags.value(flag)?.as_str() {
                     "current" => RuntimeKind::Current,
                     "multi" => RuntimeKind::Multi,
                     other => return Err(format!("--runtime: current or multi, not {other}")),
                 }
             }
-            "--server-pid" => options.server_pids.push(
-                value()?
-                    .parse()
-                    .map_err(|_| "--server-pid: not a pid".to_string())?,
-            ),
+            "--server-pid" => options.server_pids.push(flags.parsed(flag)?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -580,21 +571,12 @@ pub fn parse_baseline(args: &[String]) -> Result<BaselineOptions, String> {
         port: 18080,
         workers: 0,
     };
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--host" => options.host = value()?,
-            "--port" => {
-                options.port = value()?
-                    .parse()
-                    .map_err(|_| "--port: not a port".to_string())?
-            }
-            "--workers" => {
-                options.workers = value()?
-                    .parse()
-                    .map_err(|_| "--workers: not a number".to_string())?
-            }
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
+            "--host" => options.host = flags.value(flag)?,
+            "--port" => options.port = flags.parsed(flag)?,
+            "--workers" => options.workers = flags.parsed(flag)?,
             other => return Err(format!("unknown option {other}")),
         }
     }

@@ -88,21 +88,19 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         server_pid: None,
         redis: None,
     };
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
         if flag == "--seed" {
             options.seed = true;
             continue;
         }
-        let value = iter
-            .next()
-            .cloned()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = flags.value(flag)?;
         let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: cannot read {v:?}"))
         };
-        match flag.as_str() {
+        match flag {
             "--url" => options.url = value,
             "--admin-token" => options.admin_token = value,
             "--database-url" => options.database_url = Some(value),

@@ -19,6 +19,7 @@ pub mod baseline;
 pub mod drop;
 pub mod executor;
 pub mod fairness;
+mod flags;
 pub mod http;
 pub mod leaderboard;
 pub mod ws;
@@ -101,31 +102,18 @@ fn parse(args: &[String]) -> Result<Options, String> {
         server_pid: None,
         rate: None,
     };
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{flag}: not a number"))
-        };
-        match flag.as_str() {
-            "--url" => options.url = value()?,
-            "--admin-token" => options.admin_token = value()?,
-            "--users" => options.users = number(value()?)?.max(1),
-            "--players" => options.players = number(value()?)?.max(1),
-            "--concurrency" => options.concurrency = number(value()?)?.max(1),
-            "--duration" => options.duration = Duration::from_secs(number(value()?)? as u64),
-            "--window" => {
-                options.window = Some(Duration::from_secs(number(value()?)?.max(1) as u64))
-            }
-            "--server-pid" => {
-                let pid = number(value()?)?;
-                options.server_pid = Some(u32::try_from(pid).map_err(|_| "--server-pid: bad pid")?)
-            }
-            "--rate" => {
-                let rate = number(value()?)?;
-                options.rate = Some(rate.max(1) as f64);
-            }
+    let mut flags = flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
+            "--url" => options.url = flags.value(flag)?,
+            "--admin-token" => options.admin_token = flags.value(flag)?,
+            "--users" => options.users = flags.parsed::<usize>(flag)?.max(1),
+            "--players" => options.players = flags.parsed::<usize>(flag)?.max(1),
+            "--concurrency" => options.concurrency = flags.parsed::<usize>(flag)?.max(1),
+            "--duration" => options.duration = flags.seconds(flag)?,
+            "--window" => options.window = Some(flags.seconds(flag)?.max(Duration::from_secs(1))),
+            "--server-pid" => options.server_pid = Some(flags.parsed(flag)?),
+            "--rate" => options.rate = Some(flags.parsed::<usize>(flag)?.max(1) as f64),
             other => return Err(format!("unknown option {other}")),
         }
     }

@@ -102,30 +102,26 @@ fn split_list(value: &str) -> impl Iterator<Item = &str> {
 pub fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options::default();
     let mut urls_given = false;
-    let mut iter = args.iter();
-    while let Some(flag) = iter.next() {
-        let mut value = || iter.next().cloned().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{flag}: not a number: {v}"))
-        };
-        match flag.as_str() {
+    let mut flags = super::flags::Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
+        match flag {
             "--url" => {
                 if !urls_given {
                     options.urls.clear();
                     urls_given = true;
                 }
-                let value = value()?;
+                let value = flags.value(flag)?;
                 for url in split_list(&value) {
                     parse_ws_url(url)?;
                     options.urls.push(url.to_string());
                 }
             }
-            "--sockets" => options.sockets = number(value()?)?,
-            "--players-per-socket" => options.players_per_socket = number(value()?)?.max(1),
+            "--sockets" => options.sockets = flags.parsed::<usize>(flag)?,
+            "--players-per-socket" => {
+                options.players_per_socket = flags.parsed::<usize>(flag)?.max(1)
+            }
             "--players" => {
-                let value = value()?;
+                let value = flags.value(flag)?;
                 let ids = split_list(&value)
                     .map(|id| {
                         id.parse::<i64>()
@@ -137,11 +133,13 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                 }
                 options.players = Some(ids);
             }
-            "--discover" => options.discover = Some(value()?.trim_end_matches('/').to_string()),
-            "--duration" => options.duration = Duration::from_secs(number(value()?)? as u64),
-            "--ramp" => options.ramp = number(value()?)?.max(1),
+            "--discover" => {
+                options.discover = Some(flags.value(flag)?.trim_end_matches('/').to_string())
+            }
+            "--duration" => options.duration = flags.seconds(flag)?,
+            "--ramp" => options.ramp = flags.parsed::<usize>(flag)?.max(1),
             "--source-addrs" => {
-                let value = value()?;
+                let value = flags.value(flag)?;
                 options.source_addrs = split_list(&value)
                     .map(|a| {
                         a.parse::<IpAddr>()
@@ -150,7 +148,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--source-ips" => {
-                let count = number(value()?)?;
+                let count = flags.parsed::<usize>(flag)?;
                 if !(1..=254).contains(&count) {
                     return Err("--source-ips: 1 to 254".into());
                 }
@@ -159,7 +157,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                     .collect();
             }
             "--server-pid" => {
-                let value = value()?;
+                let value = flags.value(flag)?;
                 for pid in split_list(&value) {
                     let pid = pid
                         .parse::<u32>()
@@ -167,7 +165,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                     options.server_pids.push(pid);
                 }
             }
-            "--token" => options.token = Some(value()?),
+            "--token" => options.token = Some(flags.value(flag)?),
             other => return Err(format!("unknown option {other}")),
         }
     }
