@@ -28,6 +28,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0006_fairness_policies",
         include_str!("../../migrations/0006_fairness_policies.sql"),
     ),
+    (
+        "0007_set_based_references",
+        include_str!("../../migrations/0007_set_based_references.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.

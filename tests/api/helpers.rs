@@ -259,6 +259,17 @@ impl TestApp {
         tokio::spawn(connection);
         client.query(statement, &[]).await.expect("sql")
     }
+
+    /// Runs statements directly as one implicit transaction (a simple
+    /// query), returning Postgres' answer, refusals included.
+    pub async fn try_sql(&self, statements: &str) -> Result<(), tokio_postgres::Error> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client.batch_execute(statements).await
+    }
 }
 
 /// Asserts the error shape and code, returning the body.

@@ -16,6 +16,7 @@ mod openapi;
 mod players;
 mod policies;
 mod properties;
+mod references;
 mod replay;
 mod sales;
 mod trading;
