@@ -6,7 +6,9 @@
 //! `place_batch` (the group-commit transaction, as the server's executors
 //! call it) or, with `--one-by-one`, one transaction per order through
 //! `place`. An order counts once its call has returned, that is once it is
-//! committed.
+//! committed. With `--rate`, open loop: orders due at a steady rate go
+//! through the server's own group-commit queue ([`Batcher`]) in front of
+//! `place_batch`, and each latency counts from when the order was due.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -21,6 +23,7 @@ use super::{admin_get, bulk_users, create_players};
 use crate::config::{DatabaseSettings, Secret};
 use crate::domain::{Cents, PlayerId, Quantity, Side, UserId};
 use crate::idempotency::{self, IdempotencyKey};
+use crate::trading::batch::{BatchLimits, Batcher};
 use crate::trading::{
     Fairness, NewOrder, OrderStore, PgOrders, Placed, TradingError, ORDERS_ENDPOINT,
 };
@@ -29,7 +32,7 @@ use crate::trading::{
 pub const HELP: &str = "usage: matchday loadgen executor --database-url URL [--url URL]
                                  [--admin-token TOKEN] [--users 500] [--players 10]
                                  [--batch 512] [--executors 2] [--one-by-one N]
-                                 [--duration 10]
+                                 [--rate PER_SEC] [--duration 10]
 
 Creates users and players through a running server's admin API, then places
 the `orders` mix (60 % buys, 1-3 shares, random players) straight through the
@@ -37,7 +40,12 @@ order store on connections of its own to --database-url, under the `lock`
 policy: --executors tasks, each applying batches of --batch orders of its own
 users (as the server's executors do), or with --one-by-one N, N tasks each
 placing one order per transaction. Prints orders/s (every one committed
-before it counts), per-call latency and the ledger audit.";
+before it counts), per-call latency and the ledger audit.
+
+With --rate, open loop: orders due at that steady rate are queued one by one
+with the server's group-commit executors (--executors queues, batches of at
+most --batch, no wait: trading.batch_* as shipped), and each order's latency
+counts from when it was due, queueing included.";
 
 struct Options {
     url: String,
@@ -48,6 +56,8 @@ struct Options {
     batch: usize,
     executors: usize,
     one_by_one: Option<usize>,
+    /// Open loop: orders due per second, through the group-commit queue.
+    rate: Option<f64>,
     duration: Duration,
 }
 
@@ -61,6 +71,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         batch: 512,
         executors: 2,
         one_by_one: None,
+        rate: None,
         duration: Duration::from_secs(10),
     };
     let mut flags = super::flags::Flags::new(args);
@@ -74,6 +85,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--batch" => options.batch = flags.parsed::<usize>(flag)?.max(1),
             "--executors" => options.executors = flags.parsed::<usize>(flag)?.max(1),
             "--one-by-one" => options.one_by_one = Some(flags.parsed::<usize>(flag)?.max(1)),
+            "--rate" => options.rate = Some(flags.parsed::<usize>(flag)?.max(1) as f64),
             "--duration" => options.duration = flags.seconds(flag)?,
             other => return Err(format!("unknown option {other}")),
         }
@@ -159,6 +171,9 @@ async fn run(options: Options) -> Result<(), String> {
         ));
     }
     let store = Arc::new(PgOrders::new(pool, Fairness::LOCK));
+    if let Some(rate) = options.rate {
+        return open_loop(&options, store, &users, &players, rate).await;
+    }
     eprintln!(
         "loadgen executor: {} users, {} players, {}",
         users.len(),
@@ -237,6 +252,104 @@ async fn run(options: Options) -> Result<(), String> {
         "call_p50_ms": calls.value_at_quantile(0.50) as f64 / 1000.0,
         "call_p99_ms": calls.value_at_quantile(0.99) as f64 / 1000.0,
         "calls": calls.len(),
+        "outcomes": outcomes,
+        "audit_ok": audit["ok"],
+    });
+    println!("{report}");
+    if audit["ok"] != json!(true) {
+        return Err(format!("audit failed after the run: {audit}"));
+    }
+    if count("error") > 0 {
+        return Err(format!("{} orders failed unexpectedly", count("error")));
+    }
+    Ok(())
+}
+
+/// Orders due at `rate` per second, each queued with the group-commit
+/// executors as the server queues it; latency from when it was due.
+async fn open_loop(
+    options: &Options,
+    store: Arc<PgOrders>,
+    users: &[i64],
+    players: &[i64],
+    rate: f64,
+) -> Result<(), String> {
+    let limits = BatchLimits {
+        max: options.batch,
+        wait: Duration::ZERO,
+        executors: options.executors,
+    };
+    eprintln!(
+        "loadgen executor: open loop, {rate} orders/s due, {} executors, batches of at most {}",
+        limits.executors, limits.max
+    );
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let seen = sizes.clone();
+    let batcher = Arc::new(Batcher::spawn(
+        limits,
+        move |orders| {
+            let store = store.clone();
+            async move { store.place_batch(orders).await }
+        },
+        move |shape| {
+            if let Ok(mut sizes) = seen.lock() {
+                sizes.push(shape.size);
+            }
+        },
+    ));
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let mut n = 0u64;
+    loop {
+        let due = started + Duration::from_secs_f64(n as f64 / rate);
+        if due >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        n += 1;
+        let order = random_order(0, n, users, players);
+        let (batcher, answers) = (batcher.clone(), answers.clone());
+        tokio::spawn(async move {
+            let answer = batcher.submit(order.user.0.unsigned_abs(), order).await;
+            let _ = answers.send((due.elapsed(), answer));
+        });
+    }
+    drop(answers);
+    let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let mut outcomes = BTreeMap::<&'static str, u64>::new();
+    while let Some((latency, answer)) = answered.recv().await {
+        let _ = latencies.record(latency.as_micros().max(1) as u64);
+        let name = answer.as_ref().map_or("error", outcome);
+        *outcomes.entry(name).or_default() += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = |name: &str| outcomes.get(name).copied().unwrap_or(0);
+    let completed = count("filled") + count("rejected");
+    let batches = sizes.lock().map(|sizes| sizes.clone()).unwrap_or_default();
+    let client = reqwest::Client::new();
+    let audit = admin_get(
+        &client,
+        &format!("{}/api/v1/admin/audit", options.url),
+        &format!("Bearer {}", options.admin_token),
+    )
+    .await?;
+    let report = json!({
+        "scenario": "executor",
+        "mode": "open_loop",
+        "rate": rate,
+        "executors": options.executors,
+        "batch": options.batch,
+        "seconds": (elapsed * 10.0).round() / 10.0,
+        "orders_completed_per_sec": (completed as f64 / elapsed).round(),
+        "fills_per_sec": (count("filled") as f64 / elapsed).round(),
+        "p50_ms": latencies.value_at_quantile(0.50) as f64 / 1000.0,
+        "p99_ms": latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        "max_ms": latencies.max() as f64 / 1000.0,
+        "batches": batches.len(),
+        "mean_batch": if batches.is_empty() { 0.0 } else {
+            (batches.iter().sum::<usize>() as f64 / batches.len() as f64 * 10.0).round() / 10.0
+        },
         "outcomes": outcomes,
         "audit_ok": audit["ok"],
     });
