@@ -256,13 +256,7 @@ async fn run(options: Options) -> Result<(), String> {
         "audit_ok": audit["ok"],
     });
     println!("{report}");
-    if audit["ok"] != json!(true) {
-        return Err(format!("audit failed after the run: {audit}"));
-    }
-    if count("error") > 0 {
-        return Err(format!("{} orders failed unexpectedly", count("error")));
-    }
-    Ok(())
+    verdict(&audit, count("error"))
 }
 
 /// Orders due at `rate` per second, each queued with the group-commit
@@ -354,11 +348,17 @@ async fn open_loop(
         "audit_ok": audit["ok"],
     });
     println!("{report}");
+    verdict(&audit, count("error"))
+}
+
+/// A run fails if the books do not balance after it or any order failed
+/// unexpectedly.
+fn verdict(audit: &serde_json::Value, errors: u64) -> Result<(), String> {
     if audit["ok"] != json!(true) {
         return Err(format!("audit failed after the run: {audit}"));
     }
-    if count("error") > 0 {
-        return Err(format!("{} orders failed unexpectedly", count("error")));
+    if errors > 0 {
+        return Err(format!("{errors} orders failed unexpectedly"));
     }
     Ok(())
 }
