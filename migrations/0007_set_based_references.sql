@@ -4,8 +4,7 @@
 -- runs `SELECT … FOR KEY SHARE` on the referenced user or player. A
 -- group-commit batch inserts hundreds of orders, ledger entries, keys and
 -- holdings per statement, and those checks were a quarter of its Postgres
--- time (docs/benchmarks-history.md); two batches key-sharing the same hot
--- player rows also create multixacts. The same guarantee, set-based:
+-- time (docs/benchmarks-history.md). The same guarantee, set-based:
 --
 -- 1. users and players are never deleted and never renumbered (refused
 --    below, TRUNCATE included), so a row that exists when a statement
@@ -18,7 +17,9 @@
 -- 3. the referencing columns themselves cannot be updated.
 --
 -- Nothing in Matchday deletes users or players; the other tables keep
--- their foreign keys.
+-- their foreign keys. One difference remains: a table's owner can disable
+-- these triggers (ALTER TABLE … DISABLE TRIGGER USER), where disabling a
+-- foreign key's own triggers takes a superuser; Matchday never does either.
 
 CREATE FUNCTION refuse_parent_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -38,7 +39,10 @@ CREATE TRIGGER players_are_not_truncated BEFORE TRUNCATE ON players
 
 -- The statement's new rows (transition table `new_rows`): for each
 -- (column, referenced table) pair in TG_ARGV, no non-null value may be
--- missing from the referenced table's `id`.
+-- missing from the referenced table's `id`. The referenced table is named
+-- with the trigger table's schema, so a session's temporary table of the
+-- same name cannot stand in for it (as a foreign key, bound to its table,
+-- cannot be fooled).
 CREATE FUNCTION check_new_references() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -49,9 +53,9 @@ BEGIN
         EXECUTE format(
             'SELECT n.%1$I FROM new_rows n
               WHERE n.%1$I IS NOT NULL
-                AND NOT EXISTS (SELECT 1 FROM %2$I p WHERE p.id = n.%1$I)
+                AND NOT EXISTS (SELECT 1 FROM %2$I.%3$I p WHERE p.id = n.%1$I)
               LIMIT 1',
-            TG_ARGV[i], TG_ARGV[i + 1]) INTO missing;
+            TG_ARGV[i], TG_TABLE_SCHEMA, TG_ARGV[i + 1]) INTO missing;
         IF missing IS NOT NULL THEN
             RAISE EXCEPTION 'insert on % violates its reference: %.% = % is not in %',
                 TG_TABLE_NAME, TG_TABLE_NAME, TG_ARGV[i], missing, TG_ARGV[i + 1]
