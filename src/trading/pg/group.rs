@@ -63,6 +63,16 @@ impl PgOrders {
 
         let mut client = self.pool.get().await.map_err(rolled_back)?;
         let tx = client.transaction().await.map_err(rolled_back)?;
+        // Plans made for this batch's arrays and the tables' sizes now. A
+        // connection's cached generic plan is made once, when the tables
+        // may still be small: for the key read it was a sequential scan of
+        // idempotency_keys, 10 ms a batch after 160,000 orders and growing
+        // with the table (BENCHMARKS.md, executor open loop).
+        let custom = tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan");
+        if let Err(error) = custom.await {
+            let _ = tx.rollback().await;
+            return Err(rolled_back(error));
+        }
         if let Err(error) = self.apply(&tx, orders, &claiming, &mut answers).await {
             let _ = tx.rollback().await;
             return Err(BatchFailure::RolledBack(error));
