@@ -306,14 +306,20 @@ async fn open_loop(
         let (batcher, answers) = (batcher.clone(), answers.clone());
         tokio::spawn(async move {
             let answer = batcher.submit(order.user.0.unsigned_abs(), order).await;
-            let _ = answers.send((due.elapsed(), answer));
+            let _ = answers.send((due - started, due.elapsed(), answer));
         });
     }
     drop(answers);
     let mut latencies = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let mut outcomes = BTreeMap::<&'static str, u64>::new();
-    while let Some((latency, answer)) = answered.recv().await {
+    // Per second of the run (by when orders were due): the worst latency,
+    // so that a stall shows when it happened.
+    let mut worst = vec![Duration::ZERO; options.duration.as_secs() as usize + 1];
+    while let Some((offset, latency, answer)) = answered.recv().await {
         let _ = latencies.record(latency.as_micros().max(1) as u64);
+        if let Some(slot) = worst.get_mut(offset.as_secs() as usize) {
+            *slot = (*slot).max(latency);
+        }
         let name = answer.as_ref().map_or("error", outcome);
         *outcomes.entry(name).or_default() += 1;
     }
@@ -344,6 +350,7 @@ async fn open_loop(
         "mean_batch": if batches.is_empty() { 0.0 } else {
             (batches.iter().sum::<usize>() as f64 / batches.len() as f64 * 10.0).round() / 10.0
         },
+        "worst_ms_per_second": worst.iter().map(|w| w.as_millis() as u64).collect::<Vec<_>>(),
         "outcomes": outcomes,
         "audit_ok": audit["ok"],
     });
