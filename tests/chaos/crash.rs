@@ -228,17 +228,25 @@ async fn stream_and_crash(
 }
 
 /// The order sent again with its key until the answer is final (not a
-/// 503 while Postgres recovers, nor 409 `in_progress`).
+/// 503 while Postgres recovers, nor 409 `in_progress`, nor a connection
+/// the restarted server refused or closed).
 async fn retry_until_final(cluster: &Cluster, user: &User, order: &Sent) -> (u16, Value) {
+    let address = cluster.app(0).url("/api/v1/orders");
+    let client = reqwest::Client::new();
     for _ in 0..200 {
-        let response = cluster
-            .app(0)
-            .order(&user.token, &order.key, &order.body)
+        let response = client
+            .post(&address)
+            .bearer_auth(&user.token)
+            .header("Idempotency-Key", &order.key)
+            .json(&order.body)
+            .send()
             .await;
-        let (status, body) = status_and_body(response).await;
-        let retry = status >= 500 || (status == 409 && body["error"]["code"] == "in_progress");
-        if !retry {
-            return (status, body);
+        if let Ok(response) = response {
+            let (status, body) = status_and_body(response).await;
+            let retry = status >= 500 || (status == 409 && body["error"]["code"] == "in_progress");
+            if !retry {
+                return (status, body);
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
