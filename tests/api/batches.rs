@@ -222,3 +222,73 @@ async fn many_users_racing_in_batches_keep_every_invariant() {
     );
     assert_eq!(app.audit().await["ok"], true);
 }
+
+/// A connection keeps its prepared statements, and after five executions
+/// Postgres may keep a generic plan made for the tables as they were then:
+/// for the key read, a sequential scan of `idempotency_keys` chosen while
+/// it was small, which then grew with the table. Every statement of a
+/// batch is planned for that batch instead, however many batches the
+/// connection has run.
+#[tokio::test]
+async fn a_batch_never_runs_a_generic_plan_cached_on_its_connection() {
+    use matchday::config::{DatabaseSettings, Secret};
+    use matchday::domain::{PlayerId, Quantity, Side, UserId};
+    use matchday::idempotency::{fingerprint, IdempotencyKey};
+    use matchday::trading::{Fairness, NewOrder, OrderStore, PgOrders, ORDERS_ENDPOINT};
+
+    let app = batching_app(0).await;
+    let player = app.create_player(1_000).await;
+    let alice = app.register("plans_alice").await;
+    let bob = app.register("plans_bob").await;
+    // One connection, so that every batch runs on the one examined after.
+    let pool = matchday::db::pool(&DatabaseSettings {
+        url: Secret::new(app.database_url.clone()),
+        max_connections: 1,
+    })
+    .expect("pool");
+    let store = PgOrders::new(pool.clone(), Fairness::LOCK);
+    let order = |user: &User, n: usize| NewOrder {
+        user: UserId(user.id),
+        player: PlayerId(player),
+        side: Side::Buy,
+        quantity: Quantity::new(1).expect("a quantity"),
+        limit: None,
+        key: IdempotencyKey::parse(&format!("plans-{}-{n}", user.id)).expect("a key"),
+        fingerprint: fingerprint(ORDERS_ENDPOINT, &format!("{player}:buy:1")),
+    };
+    for n in 0..12 {
+        let answers = store
+            .place_batch(vec![order(&alice, n), order(&bob, n)])
+            .await;
+        for answer in answers {
+            let placed = answer.expect("placed");
+            assert!(placed.outcome.is_ok(), "batch {n}: {:?}", placed.outcome);
+        }
+    }
+    let connection = pool.get().await.expect("the pool's connection");
+    let plans = connection
+        .query(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
+              WHERE NOT from_sql AND statement NOT LIKE '%pg_prepared_statements%'",
+            &[],
+        )
+        .await
+        .expect("prepared statements");
+    let key_read = plans
+        .iter()
+        .find(|row| row.get::<_, &str>(0).contains("FROM idempotency_keys k"))
+        .expect("the batch's key read is prepared on the connection");
+    assert_eq!(
+        key_read.get::<_, i64>(2),
+        12,
+        "the key read, planned per batch"
+    );
+    for row in &plans {
+        assert_eq!(
+            row.get::<_, i64>(1),
+            0,
+            "a generic plan ran: {}",
+            row.get::<_, &str>(0)
+        );
+    }
+}
