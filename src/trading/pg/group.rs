@@ -67,7 +67,7 @@ impl PgOrders {
         // connection's cached generic plan is made once, when the tables
         // may still be small: for the key read it was a sequential scan of
         // idempotency_keys, 10 ms a batch after 160,000 orders and growing
-        // with the table (BENCHMARKS.md, executor open loop).
+        // with the table (docs/benchmarks-history.md, 2026-12-04).
         let custom = tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan");
         if let Err(error) = custom.await {
             let _ = tx.rollback().await;
