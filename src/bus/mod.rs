@@ -63,9 +63,15 @@ pub fn reply_integer(value: &fred::types::Value) -> Option<i64> {
 }
 
 /// How every connection is built: retry forever, backing off to 2 s
-/// between attempts; commands time out after 2 s.
+/// between attempts, the first connection included; commands time out
+/// after 2 s.
 fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {
-    let config = Config::from_url(settings.url.expose())?;
+    let mut config = Config::from_url(settings.url.expose())?;
+    // With fred's default (fail fast), a first connection that fails
+    // (Redis down, or still loading its data: `LOADING`) ends the
+    // client's connection task for good, and every later command times
+    // out: a replica started a moment too early never reached Redis.
+    config.fail_fast = false;
     let mut builder = Builder::from_config(config);
     builder
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
@@ -78,6 +84,29 @@ fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {
             performance.broadcast_channel_capacity = PUBSUB_BUFFER;
         });
     Ok(builder)
+}
+
+/// How long start-up waits for a connection's first success before going
+/// on without it (it keeps connecting in the background).
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts `client`'s connection task, which retries until it connects and
+/// after every loss, and waits a little for it to connect.
+async fn start(client: &impl ClientLike, name: &str) {
+    // The task runs on its own; its handle is not needed.
+    let _task = client.connect();
+    match tokio::time::timeout(FIRST_CONNECT_WAIT, client.wait_for_connect()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, connection = name, "redis is not reachable yet; retrying in the background");
+        }
+        Err(_) => {
+            tracing::warn!(
+                connection = name,
+                "redis is not reachable yet; retrying in the background"
+            );
+        }
+    }
 }
 
 /// A replica's connections to Redis.
@@ -95,14 +124,7 @@ impl Bus {
         let builder = builder(settings)?;
         let client = builder.build()?;
         let subscriber = builder.build_subscriber_client()?;
-        for (name, result) in [
-            ("commands", client.init().await),
-            ("subscriber", subscriber.init().await),
-        ] {
-            if let Err(error) = result {
-                tracing::warn!(%error, connection = name, "redis is not reachable yet; retrying in the background");
-            }
-        }
+        futures_util::join!(start(&client, "commands"), start(&subscriber, "subscriber"));
         // Resubscribe to every channel after a reconnect.
         let _resubscriber = subscriber.manage_subscriptions();
         Ok(Bus {
@@ -117,9 +139,7 @@ impl Bus {
     /// short read queued behind a long write waits for all of it).
     pub async fn extra_connection(settings: &RedisSettings) -> Result<Client, BusError> {
         let client = builder(settings)?.build()?;
-        if let Err(error) = client.init().await {
-            tracing::warn!(%error, "redis is not reachable yet; retrying in the background");
-        }
+        start(&client, "extra").await;
         Ok(client)
     }
 

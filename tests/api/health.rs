@@ -63,3 +63,36 @@ async fn unknown_routes_and_methods_get_json_errors() {
     )
     .await;
 }
+
+/// A replica started before Redis (down, or still loading its data)
+/// connects once Redis is up, without a restart: its first connection
+/// attempt failing does not end its connection task.
+#[tokio::test]
+async fn a_replica_started_before_redis_connects_when_redis_comes_up() {
+    let mut redis = RedisServer::reserved();
+    let mut settings = test_settings().await;
+    settings.redis.url = matchday::config::Secret::new(redis.url());
+    let app = spawn_app_with(settings).await;
+    assert_eq!(
+        app.get("/readyz", None).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    redis.start_now().await;
+    // Ready, and the leaderboard revalued: the leader's revaluation writes
+    // to Redis on a connection of its own, and the board is read from it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    for path in ["/readyz", "/api/v1/leaderboard"] {
+        loop {
+            let response = app.get(path, None).await;
+            if response.status() == StatusCode::OK {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} not answering 200 long after Redis came up: {}",
+                response.text().await.unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}

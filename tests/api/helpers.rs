@@ -626,13 +626,23 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        let mut server = RedisServer::reserved();
+        server.spawn().await;
+        server
+    }
+
+    /// A free port with no server on it yet: [`RedisServer::start_now`]
+    /// starts one there.
+    pub fn reserved() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
-        let mut server = RedisServer { port, child: None };
-        server.spawn().await;
-        server
+        RedisServer { port, child: None }
+    }
+
+    pub async fn start_now(&mut self) {
+        self.spawn().await;
     }
 
     pub fn url(&self) -> String {
