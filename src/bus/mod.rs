@@ -95,18 +95,12 @@ const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 async fn start(client: &impl ClientLike, name: &str) {
     // The task runs on its own; its handle is not needed.
     let _task = client.connect();
-    match tokio::time::timeout(FIRST_CONNECT_WAIT, client.wait_for_connect()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, connection = name, "redis is not reachable yet; retrying in the background");
-        }
-        Err(_) => {
-            tracing::warn!(
-                connection = name,
-                "redis is not reachable yet; retrying in the background"
-            );
-        }
-    }
+    let error = match tokio::time::timeout(FIRST_CONNECT_WAIT, client.wait_for_connect()).await {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no connection within {FIRST_CONNECT_WAIT:?}"),
+    };
+    tracing::warn!(%error, connection = name, "redis is not reachable yet; retrying in the background");
 }
 
 /// A replica's connections to Redis.
