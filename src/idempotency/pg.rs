@@ -92,12 +92,7 @@ pub async fn try_lock_keys(
         .iter()
         .map(|(user, key, _)| lock_id(*user, key))
         .collect();
-    let lock = tx
-        .prepare_cached(
-            "SELECT pg_try_advisory_xact_lock(t.lock)
-             FROM unnest($1::bigint[]) WITH ORDINALITY AS t(lock, at) ORDER BY t.at",
-        )
-        .await?;
+    let lock = tx.prepare_cached(TRY_LOCK_KEYS).await?;
     Ok(tx
         .query(&lock, &[&locks])
         .await?
@@ -106,21 +101,21 @@ pub async fn try_lock_keys(
         .collect())
 }
 
-/// The second half: what each key says, given whether its lock was
-/// `taken` ([`try_lock_keys`], whose answer must have arrived: this reads
-/// in a later snapshot, so a holder that committed before the lock was
-/// granted is seen).
-pub async fn read_claims(
-    tx: &deadpool_postgres::Transaction<'_>,
+/// [`try_lock_keys`]' statement.
+pub const TRY_LOCK_KEYS: &str = "SELECT pg_try_advisory_xact_lock(t.lock)
+ FROM unnest($1::bigint[]) WITH ORDINALITY AS t(lock, at) ORDER BY t.at";
+
+/// The second half: what each key says, given whether its lock was `taken`
+/// ([`try_lock_keys`]) and the keys `stored` ([`stored_keys`], read by a
+/// statement that ran after the locks were tried, so in a later snapshot:
+/// a holder that committed before the lock was granted is seen).
+pub fn judge_claims(
     keys: &[(UserId, &IdempotencyKey, &str)],
     endpoint: &str,
     taken: Vec<bool>,
-) -> Result<Vec<Claim>, tokio_postgres::Error> {
-    let users: Vec<i64> = keys.iter().map(|(user, _, _)| user.0).collect();
-    let names: Vec<&str> = keys.iter().map(|(_, key, _)| key.as_str()).collect();
-    let mut stored = stored_keys(tx, &users, &names).await?;
-    Ok(keys
-        .iter()
+    mut stored: std::collections::HashMap<(i64, String), StoredKey>,
+) -> Vec<Claim> {
+    keys.iter()
         .zip(taken)
         .map(|((user, key, fingerprint), taken)| {
             if !taken {
@@ -134,7 +129,7 @@ pub async fn read_claims(
                 Some(_) => Claim::Reused,
             }
         })
-        .collect())
+        .collect()
 }
 
 /// [`record`] for many fresh claims of one endpoint at once: how many were
@@ -200,14 +195,7 @@ pub async fn stored_keys(
     users: &[i64],
     keys: &[&str],
 ) -> Result<std::collections::HashMap<(i64, String), StoredKey>, tokio_postgres::Error> {
-    let read = tx
-        .prepare_cached(
-            "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
-               FROM idempotency_keys k
-               JOIN unnest($1::bigint[], $2::text[]) AS t(user_id, key)
-                 ON k.user_id = t.user_id AND k.key = t.key",
-        )
-        .await?;
+    let read = tx.prepare_cached(STORED_KEYS).await?;
     Ok(tx
         .query(&read, &[&users, &keys])
         .await?
@@ -224,3 +212,9 @@ pub async fn stored_keys(
         })
         .collect())
 }
+
+/// [`stored_keys`]' statement.
+pub const STORED_KEYS: &str = "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
+   FROM idempotency_keys k
+   JOIN unnest($1::bigint[], $2::text[]) AS t(user_id, key)
+     ON k.user_id = t.user_id AND k.key = t.key";

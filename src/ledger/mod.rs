@@ -25,7 +25,7 @@ use crate::error::Unexpected;
 pub mod posting {
     pub use super::pg::{
         account_states, balances, capture_holds, credit_from_market, debit_to_market, hold_cash,
-        lock_users, lock_users_prepared, open_accounts, Posted,
+        lock_users, lock_users_prepared, open_accounts, Posted, LOCK_USERS,
     };
 }
 

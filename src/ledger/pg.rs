@@ -199,7 +199,8 @@ pub async fn lock_users_prepared(
     Ok(())
 }
 
-const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+/// [`lock_users`]' statement.
+pub const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 /// Holds cash for each `(user, amount)` whose spendable cash (cash − held −
 /// provisional sale proceeds) covers it, guarded in the statement: returns the users whose hold was

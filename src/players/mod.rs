@@ -15,7 +15,7 @@ pub use pg::PgPlayers;
 /// The per-player trade gate that orders take shared and events exclusive,
 /// in the caller's transaction: the fairness invariant's mechanism.
 pub mod gate {
-    pub use super::pg::{close_trade_gate, enter_trade_gate, enter_trade_gates};
+    pub use super::pg::{close_trade_gate, enter_trade_gate, enter_trade_gates, ENTER_TRADE_GATES};
 }
 
 use crate::domain::{Cents, PlayerId};

@@ -184,15 +184,14 @@ pub async fn enter_trade_gates(
     let mut keys: Vec<i32> = players.iter().map(|player| gate_key(*player)).collect();
     keys.sort_unstable();
     keys.dedup();
-    let enter = tx
-        .prepare_cached(
-            "SELECT count(pg_advisory_xact_lock_shared($1, k))
-               FROM (SELECT k FROM unnest($2::int[]) AS k ORDER BY k) gates",
-        )
-        .await?;
+    let enter = tx.prepare_cached(ENTER_TRADE_GATES).await?;
     tx.execute(&enter, &[&TRADE_GATE_CLASS, &keys]).await?;
     Ok(())
 }
+
+/// [`enter_trade_gates`]'s statement.
+pub const ENTER_TRADE_GATES: &str = "SELECT count(pg_advisory_xact_lock_shared($1, k))
+   FROM (SELECT k FROM unnest($2::int[]) AS k ORDER BY k) gates";
 
 /// An event closes its player's gate (exclusive) until its transaction
 /// ends: it waits for the orders inside, and orders arriving after it queue

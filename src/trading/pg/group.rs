@@ -1,18 +1,23 @@
 //! Group commit in SQL: a batch of orders in one transaction, with a fixed
-//! number of set-based statements whatever its size.
+//! number of set-based statements whatever its size, in four round trips
+//! (begin, reads, writes, commit).
 //!
 //! 1. Every trade gate, then every user row, each in ascending order (as a
 //!    lone order takes them: gate, then user), so batches on other
 //!    connections, lone orders and events cannot deadlock with it.
-//! 2. Every key claimed (two statements), then players, users and holdings
-//!    read at once. Under the user locks nothing else writes those users'
+//! 2. Every key's lock tried and every key read, then players, users and
+//!    holdings read. Under the user locks nothing else writes those users'
 //!    cash or holdings (every writer of either locks the user first), and
 //!    inside the gates no event changes the players' epochs or voids fills.
+//!    Steps 1 and 2 are one pipelined round trip: the server runs them in
+//!    the order they were sent, each in a snapshot taken after the locks
+//!    before it were granted.
 //! 3. [`plan::decide`] settles each order against that state in arrival
 //!    order, by the rules of the one-by-one path.
 //! 4. One statement each writes users (guarded by the revision read in 2:
 //!    a changed account fails the batch), ledger entries, holdings, orders
-//!    and keys; then one commit, and only then is any client answered.
+//!    and keys, pipelined; then one commit, and only then is any client
+//!    answered.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -63,16 +68,6 @@ impl PgOrders {
 
         let mut client = self.pool.get().await.map_err(rolled_back)?;
         let tx = client.transaction().await.map_err(rolled_back)?;
-        // Plans made for this batch's arrays and the tables' sizes now. A
-        // connection's cached generic plan is made once, when the tables
-        // may still be small: for the key read it was a sequential scan of
-        // idempotency_keys, 10 ms a batch after 160,000 orders and growing
-        // with the table (docs/benchmarks-history.md, 2026-12-04).
-        let custom = tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan");
-        if let Err(error) = custom.await {
-            let _ = tx.rollback().await;
-            return Err(rolled_back(error));
-        }
         if let Err(error) = self.apply(&tx, orders, &claiming, &mut answers).await {
             let _ = tx.rollback().await;
             return Err(BatchFailure::RolledBack(error));
@@ -103,9 +98,6 @@ impl PgOrders {
     ) -> Result<(), Unexpected> {
         let players: Vec<PlayerId> = sorted(claiming.iter().map(|&at| orders[at].player));
         let users: Vec<i64> = sorted(claiming.iter().map(|&at| orders[at].user.0));
-        gate::enter_trade_gates(tx, &players).await?;
-        posting::lock_users_prepared(tx, &users).await?;
-
         let wanted: Vec<(UserId, &idempotency::IdempotencyKey, &str)> = claiming
             .iter()
             .map(|&at| {
@@ -116,17 +108,45 @@ impl PgOrders {
                 )
             })
             .collect();
-        // One round trip, pipelined: the keys' locks, the state every order
-        // touches and an id for each (ids are only unique, not gapless).
-        // The state needs no key: it is frozen by the locks taken above.
+        let key_users: Vec<i64> = wanted.iter().map(|(user, _, _)| user.0).collect();
+        let key_names: Vec<&str> = wanted.iter().map(|(_, key, _)| key.as_str()).collect();
         let claiming_orders: Vec<&NewOrder> = claiming.iter().map(|&at| &orders[at]).collect();
-        let (taken, mut state, ids) = futures_util::future::try_join3(
-            async { Ok(idempotency::pg::try_lock_keys(tx, &wanted).await?) },
-            read_state(tx, &claiming_orders),
-            order_ids(tx, claiming.len()),
+        // The whole read phase in one round trip, pipelined: the server runs
+        // the statements one after another in the order they are sent, each
+        // read in a snapshot taken after the locks before it were granted.
+        // Every trade gate, then every user row (each ascending, as a lone
+        // order takes them, so nothing can deadlock with the batch); then
+        // the keys' locks and the keys stored, which a holder that committed
+        // before its lock was granted is among; then the state every order
+        // touches, frozen by the locks; and an id for each order. A statement
+        // is sent when its future is first polled, unless it must be prepared
+        // first: the locks' statements are prepared before anything is sent,
+        // so on a new connection they still go out first.
+        futures_util::future::try_join3(
+            tx.prepare_cached(gate::ENTER_TRADE_GATES),
+            tx.prepare_cached(posting::LOCK_USERS),
+            tx.prepare_cached(idempotency::pg::TRY_LOCK_KEYS),
         )
         .await?;
-        let claims = idempotency::pg::read_claims(tx, &wanted, ORDERS_ENDPOINT, taken).await?;
+        let (_, _, _, taken, stored, mut state, ids) = futures_util::try_join!(
+            // Plans made for this batch's arrays and the tables' sizes now. A
+            // connection's cached generic plan is made once, when the tables
+            // may still be small: for the key read it was a sequential scan
+            // of idempotency_keys, 10 ms a batch after 160,000 orders and
+            // growing with the table (docs/benchmarks-history.md, 2026-12-04).
+            async {
+                tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                    .await
+                    .map_err(Unexpected::from)
+            },
+            async { Ok(gate::enter_trade_gates(tx, &players).await?) },
+            async { Ok(posting::lock_users_prepared(tx, &users).await?) },
+            async { Ok(idempotency::pg::try_lock_keys(tx, &wanted).await?) },
+            async { Ok(idempotency::pg::stored_keys(tx, &key_users, &key_names).await?) },
+            read_state(tx, &claiming_orders),
+            order_ids(tx, claiming.len()),
+        )?;
+        let claims = idempotency::pg::judge_claims(&wanted, ORDERS_ENDPOINT, taken, stored);
         let mut fresh = Vec::with_capacity(claiming.len());
         for (&at, claim) in claiming.iter().zip(claims) {
             answers[at] = match claim {
