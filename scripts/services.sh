@@ -102,6 +102,11 @@ port = $PG_PORT
 unix_socket_directories = '$pgdata'
 max_connections = 500
 shared_buffers = 256MB
+# Group commit writes WAL fast enough that the default 1GB brought a
+# checkpoint every 10-18 s in a bench ("checkpoints are occurring too
+# frequently"), and each one a burst of full-page images.
+max_wal_size = 4GB
+checkpoint_timeout = 15min
 CONF
   fi
   if run_as "$user" "$bindir/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
@@ -112,6 +117,16 @@ CONF
   fi
   psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = 'matchday'" | grep -q 1 \
     || psql_admin -c "CREATE DATABASE matchday" >/dev/null
+}
+
+# Drops the databases test runs left behind (each integration test creates
+# one named test_<uuid>; FORCE: even if a killed run's replica process still
+# holds a connection). Left in place, autovacuum keeps visiting them: with
+# 145 of them after a run of the suite, an executor open loop's p50 went
+# from 27 ms to 643 ms.
+drop_test_databases() {
+  psql_admin -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'test\_%'" |
+    while read -r db; do [ -n "$db" ] && psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null; done
 }
 
 psql_admin() {
