@@ -32,6 +32,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_set_based_references",
         include_str!("../../migrations/0007_set_based_references.sql"),
     ),
+    (
+        "0008_quiet_statistics",
+        include_str!("../../migrations/0008_quiet_statistics.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.

@@ -1,0 +1,26 @@
+-- No statistics for columns no query filters, joins or groups on.
+--
+-- Autovacuum analyzes the tables orders write every few minutes under
+-- load, sampling 30,000 rows each time. Most of that CPU went into columns
+-- whose statistics no plan uses: idempotency_keys' JSONB outcome and its
+-- fingerprint (0.33 s of CPU per analyze of 210,000 keys, 0.12 s without
+-- them), and the amounts of orders and ledger entries. On two cores at
+-- 90 % busy, an analyze burst of ~0.6 s held group-commit batches back
+-- for up to 200 ms (docs/benchmarks-history.md, 2026-12-04). These columns
+-- are only ever read back with their rows; the planner's defaults stand in
+-- should an ad-hoc query filter on them.
+
+ALTER TABLE idempotency_keys
+    ALTER COLUMN outcome SET STATISTICS 0,
+    ALTER COLUMN fingerprint SET STATISTICS 0;
+
+ALTER TABLE orders
+    ALTER COLUMN quantity SET STATISTICS 0,
+    ALTER COLUMN price_cents SET STATISTICS 0,
+    ALTER COLUMN total_cents SET STATISTICS 0,
+    ALTER COLUMN balance_cents SET STATISTICS 0,
+    ALTER COLUMN cost_basis_cents SET STATISTICS 0,
+    ALTER COLUMN void_reason SET STATISTICS 0;
+
+ALTER TABLE ledger_entries
+    ALTER COLUMN amount_cents SET STATISTICS 0;
