@@ -3,10 +3,10 @@
 -- Autovacuum analyzes the tables orders write every few minutes under
 -- load, sampling 30,000 rows each time. Most of that CPU went into columns
 -- whose statistics no plan uses: idempotency_keys' JSONB outcome and its
--- fingerprint (0.33 s of CPU per analyze of 210,000 keys, 0.12 s without
--- them), and the amounts of orders and ledger entries. On two cores at
--- 90 % busy, an analyze burst of ~0.6 s held group-commit batches back
--- for up to 200 ms (docs/benchmarks-history.md, 2026-12-04). These columns
+-- fingerprint (ANALYZE of 210,000 keys took 0.33 s, 0.12 s without them),
+-- and the amounts of orders and ledger entries. On two cores at 90 % busy,
+-- the seconds autovacuum ran in were the worst of each run of group commit
+-- (up to 200 ms; docs/benchmarks-history.md, 2026-12-04). These columns
 -- are only ever read back with their rows; the planner's defaults stand in
 -- should an ad-hoc query filter on them.
 

@@ -118,7 +118,8 @@ impl PgOrders {
         // order takes them, so nothing can deadlock with the batch); then
         // the keys' locks and the keys stored, which a holder that committed
         // before its lock was granted is among; then the state every order
-        // touches, frozen by the locks; and an id for each order. A statement
+        // touches, frozen by the locks; and an id for each order (ids are
+        // only unique, not gapless: a refused order's goes unused). A statement
         // is sent when its future is first polled, unless it must be prepared
         // first: the locks' statements are prepared before anything is sent,
         // so on a new connection they still go out first.
