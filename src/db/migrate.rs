@@ -36,6 +36,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0008_quiet_statistics",
         include_str!("../../migrations/0008_quiet_statistics.sql"),
     ),
+    (
+        "0009_lean_order_indexes",
+        include_str!("../../migrations/0009_lean_order_indexes.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.

@@ -631,7 +631,8 @@ impl PgSales {
                                             AND p.status <> 'failed')),
                    (SELECT count(*) FROM purchases p WHERE p.sale_id = s.id
                        AND coalesce((SELECT sum(l.amount_cents) FROM ledger_entries l
-                                      WHERE l.txn = 'purchase:' || p.id AND l.account = 'user'), 0)
+                                      WHERE l.txn = 'purchase:' || p.id AND l.txn LIKE 'purchase:%'
+                                        AND l.account = 'user'), 0)
                            <> CASE WHEN p.status = 'completed' THEN -p.amount_cents ELSE 0 END)
                    FROM sales s WHERE s.id = $1",
                 &[&sale],
