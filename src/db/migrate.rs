@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_lean_order_indexes",
         include_str!("../../migrations/0009_lean_order_indexes.sql"),
     ),
+    (
+        "0010_planned_reference_checks",
+        include_str!("../../migrations/0010_planned_reference_checks.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.
