@@ -292,3 +292,67 @@ async fn a_batch_never_runs_a_generic_plan_cached_on_its_connection() {
         );
     }
 }
+
+/// Under `void_window` a sale's proceeds are not spendable until final.
+/// The batch reads them for every user it touches (not through the
+/// one-by-one path's guard): two buys in one batch that the cash can pay
+/// only with the provisional proceeds fill once.
+#[tokio::test]
+async fn a_batch_does_not_spend_provisional_proceeds() {
+    use matchday::config::FairnessPolicy;
+
+    let mut settings = test_settings().await;
+    settings.trading.batch_max_orders = 64;
+    settings.trading.batch_wait_ms = 300;
+    settings.trading.batch_executors = 1;
+    settings.trading.fairness_policy = FairnessPolicy::VoidWindow;
+    settings.trading.lock_seconds = 0;
+    settings.trading.max_feed_lag_seconds = 3;
+    let app = spawn_app_with(settings).await;
+    let player = app.create_player(100).await;
+    let other = app.create_player(100).await;
+    let users = app.bulk_users("proceeds", 1, 10_000).await;
+    let user = &users[0];
+    // Ten shares, final after the 3 s window; five sold: 500 of proceeds,
+    // provisional for the next 3 s.
+    app.trade(user, "buy", player, 10, "seed").await;
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    app.trade(user, "sell", player, 5, "sale").await;
+    let cash = app.me(&user.token).await["balance_cents"]
+        .as_i64()
+        .expect("a balance");
+    let proceeds = 500;
+    assert_eq!(cash, 10_000 - 1_000 + proceeds);
+    // One buy fits in the spendable cash; two only with the proceeds.
+    let price = (cash - proceeds) / 2 + 1;
+    assert!(price <= cash - proceeds && 2 * price <= cash);
+    app.sql(&format!(
+        "UPDATE players SET price_cents = {price} WHERE id = {other}"
+    ))
+    .await;
+    let buy = json!({"player_id": other, "side": "buy", "quantity": 1});
+    let before = batches(&app).await;
+    let answers = at_once(
+        &app,
+        &[
+            (user, "a".into(), buy.clone()),
+            (user, "b".into(), buy.clone()),
+        ],
+    )
+    .await;
+    let after = batches(&app).await;
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1.0, 2.0),
+        "one batch of two"
+    );
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| status.as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409], "{answers:?}");
+    let refused = answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::CONFLICT)
+        .expect("a refusal");
+    assert_eq!(refused.1["error"]["code"], "insufficient_funds");
+    assert_eq!(app.audit().await["ok"], true);
+}
