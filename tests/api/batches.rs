@@ -43,6 +43,30 @@ async fn batches(app: &TestApp) -> (f64, f64) {
     )
 }
 
+/// Two orders sent together (`before`: [`batches`] just ahead of them)
+/// made one batch of two, in which one filled and the other was refused
+/// for want of funds.
+async fn one_batch_one_short_of_funds(
+    app: &TestApp,
+    before: (f64, f64),
+    answers: &[(StatusCode, Value)],
+) {
+    let after = batches(app).await;
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1.0, 2.0),
+        "one batch of two"
+    );
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| status.as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409], "{answers:?}");
+    let refused = answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::CONFLICT)
+        .expect("a refusal");
+    assert_eq!(refused.1["error"]["code"], "insufficient_funds");
+}
+
 #[tokio::test]
 async fn two_buys_spending_the_same_cash_in_one_batch_fill_once() {
     let app = batching_app(300).await;
@@ -59,20 +83,7 @@ async fn two_buys_spending_the_same_cash_in_one_batch_fill_once() {
         ],
     )
     .await;
-    let after = batches(&app).await;
-    assert_eq!(
-        (after.0 - before.0, after.1 - before.1),
-        (1.0, 2.0),
-        "one batch of two"
-    );
-    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| status.as_u16()).collect();
-    statuses.sort_unstable();
-    assert_eq!(statuses, vec![201, 409], "{answers:?}");
-    let refused = answers
-        .iter()
-        .find(|(s, _)| *s == StatusCode::CONFLICT)
-        .unwrap();
-    assert_eq!(refused.1["error"]["code"], "insufficient_funds");
+    one_batch_one_short_of_funds(&app, before, &answers).await;
     assert_eq!(app.me(&user.token).await["balance_cents"], 500);
     assert_eq!(app.audit().await["ok"], true);
 }
@@ -340,19 +351,6 @@ async fn a_batch_does_not_spend_provisional_proceeds() {
         ],
     )
     .await;
-    let after = batches(&app).await;
-    assert_eq!(
-        (after.0 - before.0, after.1 - before.1),
-        (1.0, 2.0),
-        "one batch of two"
-    );
-    let mut statuses: Vec<u16> = answers.iter().map(|(status, _)| status.as_u16()).collect();
-    statuses.sort_unstable();
-    assert_eq!(statuses, vec![201, 409], "{answers:?}");
-    let refused = answers
-        .iter()
-        .find(|(s, _)| *s == StatusCode::CONFLICT)
-        .expect("a refusal");
-    assert_eq!(refused.1["error"]["code"], "insufficient_funds");
+    one_batch_one_short_of_funds(&app, before, &answers).await;
     assert_eq!(app.audit().await["ok"], true);
 }
