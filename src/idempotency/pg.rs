@@ -189,13 +189,15 @@ impl StoredKey {
     }
 }
 
-/// The stored keys among (`users[i]`, `keys[i]`), by (user id, key).
+/// The stored keys among (`users[i]`, `keys[i]`), by (user id, key), read
+/// with `statement`: [`STORED_KEYS`] or [`STORED_KEYS_GENERIC`].
 pub async fn stored_keys(
     tx: &deadpool_postgres::Transaction<'_>,
+    statement: &str,
     users: &[i64],
     keys: &[&str],
 ) -> Result<std::collections::HashMap<(i64, String), StoredKey>, tokio_postgres::Error> {
-    let read = tx.prepare_cached(STORED_KEYS).await?;
+    let read = tx.prepare_cached(statement).await?;
     Ok(tx
         .query(&read, &[&users, &keys])
         .await?
@@ -213,8 +215,21 @@ pub async fn stored_keys(
         .collect())
 }
 
-/// [`stored_keys`]' statement.
-pub const STORED_KEYS: &str = "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
+macro_rules! stored_keys_statement {
+    () => {
+        "SELECT k.user_id, k.key, k.endpoint, k.fingerprint, k.outcome
    FROM idempotency_keys k
    JOIN unnest($1::bigint[], $2::text[]) AS t(user_id, key)
-     ON k.user_id = t.user_id AND k.key = t.key";
+     ON k.user_id = t.user_id AND k.key = t.key"
+    };
+}
+
+/// [`stored_keys`]' statement.
+pub const STORED_KEYS: &str = stored_keys_statement!();
+
+/// The same, under a text of its own, for a caller that runs it under a
+/// forced generic plan with sequential scans off (group commit). A
+/// connection keeps one generic plan per statement text: this keeps it
+/// from reusing one made for another caller under the server's settings,
+/// which may be a sequential scan planned while the table was small.
+pub const STORED_KEYS_GENERIC: &str = concat!(stored_keys_statement!(), " -- generic");

@@ -311,7 +311,13 @@ impl PgSales {
         if !conflicted.is_empty() {
             let users: Vec<i64> = conflicted.iter().map(|&i| batch[i].user.0).collect();
             let keys: Vec<&str> = conflicted.iter().map(|&i| batch[i].key.as_str()).collect();
-            let stored = crate::idempotency::pg::stored_keys(&tx, &users, &keys).await?;
+            let stored = crate::idempotency::pg::stored_keys(
+                &tx,
+                crate::idempotency::pg::STORED_KEYS,
+                &users,
+                &keys,
+            )
+            .await?;
             for &i in &conflicted {
                 let reservation = &batch[i];
                 outcomes[i] = Some(

@@ -36,6 +36,41 @@ use crate::trading::{Fill, NewOrder, Order, Placed, Rejection, TradingError, ORD
 
 type Answer = Result<Placed, TradingError>;
 
+/// How a batch's statements are planned, for its transaction only (every
+/// other query keeps the server's settings).
+///
+/// Generic plans, made once per connection and kept: planning every
+/// statement for every batch cost about 0.7 ms of the 3 ms a batch of 35
+/// orders spent in Postgres (docs/benchmarks-history.md, 2026-12-04,
+/// fourth session). A kept plan
+/// must stay right as the tables grow from nothing, so sequential scans,
+/// hash joins and merge joins are off: each statement is planned as
+/// primary-key probes, one per row of the batch, at any table size (with
+/// them on, the key read's generic plan had been a sequential scan of
+/// `idempotency_keys`, 10 ms a batch and growing with the table). The two
+/// reads of `orders` ([`CUSTOM_PLANS`]) are the exception.
+///
+/// And priced for pages in memory: a batch probes rows its own locks and
+/// reads have just touched, where the default random_page_cost (4, a disk
+/// seek) had the planner hash all 5,000 holdings rather than probe 64 of
+/// them (read 0.77 -> 0.34 ms, write 1.13 -> 0.58 ms a batch of 64).
+const PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan;
+     SET LOCAL enable_seqscan = off;
+     SET LOCAL enable_hashjoin = off;
+     SET LOCAL enable_mergejoin = off;
+     SET LOCAL random_page_cost = 1.1";
+
+/// For the reads of `orders` (a user's provisional proceeds, provisional
+/// buys), planned for the batch's arrays and the tables' sizes now: there
+/// the planner chooses between two partial indexes of provisional orders,
+/// and a generic plan made while they were empty probed the player index
+/// and filtered on the user, a scan of every provisional order that would
+/// grow with them.
+const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
+
+/// Back to [`PLANS`]' generic plans, for the writes.
+const GENERIC_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+
 /// Why a batch has no answers.
 pub(super) enum BatchFailure {
     /// Nothing of it committed: its orders may be placed again.
@@ -117,9 +152,9 @@ impl PgOrders {
         // Every trade gate, then every user row (each ascending, as a lone
         // order takes them, so nothing can deadlock with the batch); then
         // the keys' locks and the keys stored, which a holder that committed
-        // before its lock was granted is among; then the state every order
-        // touches, frozen by the locks; and an id for each order (ids are
-        // only unique, not gapless: a refused order's goes unused). A statement
+        // before its lock was granted is among; an id for each order (ids
+        // are only unique, not gapless: a refused order's goes unused); then
+        // the state every order touches, frozen by the locks. A statement
         // is sent when its future is first polled, unless it must be prepared
         // first: the locks' statements are prepared before anything is sent,
         // so on a new connection they still go out first.
@@ -129,32 +164,19 @@ impl PgOrders {
             tx.prepare_cached(idempotency::pg::TRY_LOCK_KEYS),
         )
         .await?;
-        let (_, _, _, taken, stored, mut state, ids) = futures_util::try_join!(
-            // Plans made for this batch's arrays and the tables' sizes now. A
-            // connection's cached generic plan is made once, when the tables
-            // may still be small: for the key read it was a sequential scan
-            // of idempotency_keys, 10 ms a batch after 160,000 orders and
-            // growing with the table (docs/benchmarks-history.md, 2026-12-04).
-            // And priced for pages in memory: a batch probes by primary key
-            // rows its own locks and reads have just touched, where the
-            // default random_page_cost (4, a disk seek) had the planner hash
-            // all 5,000 holdings rather than probe 64 of them (read 0.77 ->
-            // 0.34 ms, write 1.13 -> 0.58 ms a batch of 64). For this
-            // transaction only; every other query keeps the server's setting.
-            async {
-                tx.batch_execute(
-                    "SET LOCAL plan_cache_mode = force_custom_plan;
-                     SET LOCAL random_page_cost = 1.1",
-                )
-                .await
-                .map_err(Unexpected::from)
-            },
+        let (_, _, _, taken, stored, ids, mut state) = futures_util::try_join!(
+            // How the batch's statements are planned: see PLANS.
+            async { tx.batch_execute(PLANS).await.map_err(Unexpected::from) },
             async { Ok(gate::enter_trade_gates(tx, &players).await?) },
             async { Ok(posting::lock_users_prepared(tx, &users).await?) },
             async { Ok(idempotency::pg::try_lock_keys(tx, &wanted).await?) },
-            async { Ok(idempotency::pg::stored_keys(tx, &key_users, &key_names).await?) },
-            read_state(tx, &claiming_orders),
+            async {
+                let read = idempotency::pg::STORED_KEYS_GENERIC;
+                Ok(idempotency::pg::stored_keys(tx, read, &key_users, &key_names).await?)
+            },
             order_ids(tx, claiming.len()),
+            // Last: it switches to custom plans for its reads of orders.
+            read_state(tx, &claiming_orders),
         )?;
         let claims = idempotency::pg::judge_claims(&wanted, ORDERS_ENDPOINT, taken, stored);
         let mut fresh = Vec::with_capacity(claiming.len());
@@ -279,6 +301,15 @@ async fn read_state(tx: &Transaction<'_>, orders: &[&NewOrder]) -> Result<BatchS
         )
         .await?;
     let player_rows = tx.query(&player_statement, &player_params);
+    let holding_statement = tx
+        .prepare_cached(
+            "SELECT h.user_id, h.player_id, h.quantity, h.cost_cents
+             FROM holdings h
+             JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
+               ON h.user_id = p.user_id AND h.player_id = p.player_id",
+        )
+        .await?;
+    let holding_rows = tx.query(&holding_statement, &pair_params);
     // `provisional_proceeds(id)` (migration 0006) written out as a lateral
     // join: called per user, the SQL function cost 7.6 µs a user, 0.43 ms
     // of a batch of 64 orders (docs/benchmarks-history.md, 2026-12-04).
@@ -294,16 +325,6 @@ async fn read_state(tx: &Transaction<'_>, orders: &[&NewOrder]) -> Result<BatchS
               WHERE u.id = ANY($1)",
         )
         .await?;
-    let user_rows = tx.query(&user_statement, &user_params);
-    let holding_statement = tx
-        .prepare_cached(
-            "SELECT h.user_id, h.player_id, h.quantity, h.cost_cents
-             FROM holdings h
-             JOIN unnest($1::bigint[], $2::bigint[]) AS p(user_id, player_id)
-               ON h.user_id = p.user_id AND h.player_id = p.player_id",
-        )
-        .await?;
-    let holding_rows = tx.query(&holding_statement, &pair_params);
     // Provisional buys of the holdings being sold, as `sell_shares` reads them.
     let provisional_statement = tx
         .prepare_cached(
@@ -316,10 +337,18 @@ async fn read_state(tx: &Transaction<'_>, orders: &[&NewOrder]) -> Result<BatchS
              GROUP BY o.user_id, o.player_id",
         )
         .await?;
+    // Sent in this order (each when first polled): the two reads of
+    // `orders` after the switch to custom plans.
+    let custom = tx.batch_execute(CUSTOM_PLANS);
+    let user_rows = tx.query(&user_statement, &user_params);
     let provisional_rows = tx.query(&provisional_statement, &sold_params);
-    let (player_rows, user_rows, holding_rows, provisional_rows) =
-        futures_util::future::try_join4(player_rows, user_rows, holding_rows, provisional_rows)
-            .await?;
+    let (player_rows, holding_rows, _, user_rows, provisional_rows) = futures_util::try_join!(
+        player_rows,
+        holding_rows,
+        custom,
+        user_rows,
+        provisional_rows
+    )?;
 
     let now: DateTime<Utc> = user_rows
         .first()
@@ -499,7 +528,9 @@ impl<'a> Writes<'a> {
             .prepare_cached(
                 // Not an upsert: its CHECKs would judge a sale's negative
                 // change as the row to insert. Existing rows are updated, and
-                // only the rest inserted (a buy's first shares).
+                // only the rest inserted (a buy's first shares): those the
+                // statement's snapshot has no row for (the user locks keep
+                // anyone else from adding one), a primary-key probe each.
                 "WITH d AS (
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
                                AS d(user_id, player_id, quantity, cost)
@@ -508,12 +539,11 @@ impl<'a> Writes<'a> {
                                        cost_cents = h.cost_cents + d.cost
                    FROM d
                   WHERE h.user_id = d.user_id AND h.player_id = d.player_id
-                 RETURNING h.user_id, h.player_id
              )
              INSERT INTO holdings (user_id, player_id, quantity, cost_cents)
              SELECT d.user_id, d.player_id, d.quantity, d.cost FROM d
-              WHERE NOT EXISTS (SELECT 1 FROM updated u
-                                 WHERE u.user_id = d.user_id AND u.player_id = d.player_id)",
+              WHERE NOT EXISTS (SELECT 1 FROM holdings h
+                                 WHERE h.user_id = d.user_id AND h.player_id = d.player_id)",
             )
             .await?;
         let holdings = tx.execute(&holdings_statement, &holding_params);
@@ -550,8 +580,20 @@ impl<'a> Writes<'a> {
             .await?;
         let orders = tx.execute(&orders_statement, &order_params);
         let keys = idempotency::pg::record_many(tx, &self.keys, ORDERS_ENDPOINT);
-        let (accounts_updated, _, _, _, keys_recorded) =
-            futures_util::future::try_join5(accounts, entries, holdings, orders, keys).await?;
+        // Sent first: the reads left custom plans on.
+        let generic = async {
+            tx.batch_execute(GENERIC_PLANS)
+                .await
+                .map_err(Unexpected::from)
+        };
+        let (_, accounts_updated, _, _, _, keys_recorded) = futures_util::try_join!(
+            generic,
+            async { Ok(accounts.await?) },
+            async { Ok(entries.await?) },
+            async { Ok(holdings.await?) },
+            async { Ok(orders.await?) },
+            async { Ok(keys.await?) },
+        )?;
         if accounts_updated != account_users.len() as u64 {
             return Err(Unexpected::msg(
                 "an account changed under the batch's lock: its revision moved",
