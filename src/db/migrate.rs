@@ -44,6 +44,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_planned_reference_checks",
         include_str!("../../migrations/0010_planned_reference_checks.sql"),
     ),
+    (
+        "0011_small_statistics_samples",
+        include_str!("../../migrations/0011_small_statistics_samples.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming the advisory lock that serialises migrators.
