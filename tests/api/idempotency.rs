@@ -171,10 +171,16 @@ async fn a_key_is_remembered_in_postgres_with_its_outcome() {
     )
     .await;
     let rows = app
-        .sql("SELECT key, endpoint, outcome ? 'fill' FROM idempotency_keys")
+        .sql(
+            "SELECT k.key, k.endpoint, (k.outcome ->> 'fill_of')::bigint = o.id
+               FROM idempotency_keys k, orders o",
+        )
         .await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, &str>(0), "kept");
     assert_eq!(rows[0].get::<_, &str>(1), "POST /api/v1/orders");
-    assert!(rows[0].get::<_, bool>(2));
+    assert!(
+        rows[0].get::<_, bool>(2),
+        "the fill is stored by its order id"
+    );
 }

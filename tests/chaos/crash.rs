@@ -120,7 +120,7 @@ async fn a_crash_mid_batch_loses_no_acknowledged_order() {
         let keys = app
             .sql(&format!(
                 "SELECT count(*) FROM idempotency_keys
-                  WHERE key LIKE 'r{round}-%' AND outcome ? 'fill'"
+                  WHERE key LIKE 'r{round}-%' AND outcome ? 'fill_of'"
             ))
             .await[0]
             .get::<_, i64>(0);
@@ -128,11 +128,12 @@ async fn a_crash_mid_batch_loses_no_acknowledged_order() {
             .sql(&format!(
                 "SELECT count(*) FROM orders o JOIN users u ON u.id = o.user_id
                   WHERE u.username LIKE 'crash%' AND o.id IN (
-                      SELECT (outcome -> 'fill' ->> 'order_id')::bigint FROM idempotency_keys
-                       WHERE key LIKE 'r{round}-%' AND outcome ? 'fill')"
+                      SELECT (outcome ->> 'fill_of')::bigint FROM idempotency_keys
+                       WHERE key LIKE 'r{round}-%' AND outcome ? 'fill_of')"
             ))
             .await[0]
             .get::<_, i64>(0);
+        assert!(keys > 0, "{crash:?}: no key stored a fill");
         assert_eq!(
             orders, keys,
             "{crash:?}: fills without an order row, or rows without a key"

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
-use super::{decode, encode, PgOrders};
+use super::{encode, replay, PgOrders};
 use crate::domain::{Cents, PlayerId, UserId};
 use crate::error::Unexpected;
 use crate::idempotency::{self, Claim};
@@ -189,7 +189,7 @@ impl PgOrders {
                 Claim::InProgress => Some(Err(TradingError::InProgress)),
                 Claim::Reused => Some(Err(TradingError::KeyReused)),
                 Claim::Replay(stored) => Some(Ok(Placed {
-                    outcome: decode(stored)?,
+                    outcome: replay(tx, stored).await?,
                     replayed: true,
                     account: None,
                 })),
