@@ -94,9 +94,9 @@ enum StoredOutcome {
     Fill(StoredFill),
     /// A fill by its order id: its `orders` row, written in the same
     /// transaction, holds every field of the answer, and a replay reads it
-    /// back ([`replay`]). A third of the size, and the cheapest part of a
-    /// key to write: parsing the full fill as JSONB cost about 4.5 µs a key
-    /// (docs/benchmarks-history.md, 2026-12-04, fourth session).
+    /// back ([`replay`]). Storing the full fill again as JSONB cost about
+    /// 4.5 µs a key (docs/benchmarks-history.md, 2026-12-04, fourth
+    /// session).
     FillOf(i64),
     Pending(StoredWaiting),
     Rejected(String),
