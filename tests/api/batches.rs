@@ -43,14 +43,19 @@ async fn batches(app: &TestApp) -> (f64, f64) {
     )
 }
 
-/// Two orders sent together (`before`: [`batches`] just ahead of them)
-/// made one batch of two, in which one filled and the other was refused
-/// for want of funds.
-async fn one_batch_one_short_of_funds(
-    app: &TestApp,
-    before: (f64, f64),
-    answers: &[(StatusCode, Value)],
-) {
+/// Sends `buy` twice at once for `user` (keys `a` and `b`): they make one
+/// batch of two, in which one fills and the other is refused for want of
+/// funds.
+async fn two_buys_make_one_batch_one_short_of_funds(app: &TestApp, user: &User, buy: &Value) {
+    let before = batches(app).await;
+    let answers = at_once(
+        app,
+        &[
+            (user, "a".into(), buy.clone()),
+            (user, "b".into(), buy.clone()),
+        ],
+    )
+    .await;
     let after = batches(app).await;
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
@@ -74,16 +79,7 @@ async fn two_buys_spending_the_same_cash_in_one_batch_fill_once() {
     let users = app.bulk_users("twice", 1, 1_500).await;
     let user = &users[0];
     let buy = json!({"player_id": player, "side": "buy", "quantity": 1});
-    let before = batches(&app).await;
-    let answers = at_once(
-        &app,
-        &[
-            (user, "a".into(), buy.clone()),
-            (user, "b".into(), buy.clone()),
-        ],
-    )
-    .await;
-    one_batch_one_short_of_funds(&app, before, &answers).await;
+    two_buys_make_one_batch_one_short_of_funds(&app, user, &buy).await;
     assert_eq!(app.me(&user.token).await["balance_cents"], 500);
     assert_eq!(app.audit().await["ok"], true);
 }
@@ -385,15 +381,6 @@ async fn a_batch_does_not_spend_provisional_proceeds() {
     ))
     .await;
     let buy = json!({"player_id": other, "side": "buy", "quantity": 1});
-    let before = batches(&app).await;
-    let answers = at_once(
-        &app,
-        &[
-            (user, "a".into(), buy.clone()),
-            (user, "b".into(), buy.clone()),
-        ],
-    )
-    .await;
-    one_batch_one_short_of_funds(&app, before, &answers).await;
+    two_buys_make_one_batch_one_short_of_funds(&app, user, &buy).await;
     assert_eq!(app.audit().await["ok"], true);
 }
