@@ -19,6 +19,7 @@ pub mod leaderboard;
 pub mod ledger;
 pub mod limits;
 pub mod loadgen;
+pub mod memory;
 pub mod metrics;
 pub mod players;
 pub mod pricing;

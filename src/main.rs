@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use matchday::config::Settings;
 use matchday::startup::Application;
-use matchday::{db, loadgen, telemetry};
+use matchday::{db, loadgen, memory, telemetry};
 
 const USAGE: &str = "usage: matchday [serve | migrate | openapi | help
                  | loadgen orders|ws|ws-baseline|http|http-baseline|drop [options]]
@@ -19,7 +19,7 @@ then MATCHDAY__SECTION__KEY environment variables.";
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    tune_allocator();
+    memory::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("serve");
     if matches!(command, "help" | "--help" | "-h") {
@@ -70,20 +70,4 @@ async fn migrate(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let applied = db::migrate(&pool).await?;
     println!("applied {} migration(s): {:?}", applied.len(), applied);
     Ok(())
-}
-
-/// Pins glibc's mmap threshold at 1 MiB. Left to itself glibc raises the
-/// threshold to the size of the largest block freed so far, so after the
-/// first password hash each 19 MiB argon2id buffer comes from a per-thread
-/// arena and stays resident when freed: 300 registrations left a replica
-/// at 1.19 GB RSS, against 23 MB with the threshold pinned
-/// (RELIABILITY.md). Pinning it also turns off that adjustment; blocks past 1 MiB
-/// go back to the kernel when freed.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters, under the
-    // allocator's own lock; it is called first thing, before any hash.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
 }

@@ -224,6 +224,7 @@ impl Application {
                 Duration::from_millis(settings.broadcast.flush_ms),
                 shutdown_rx.clone(),
             ),
+            broadcast::start_memory_releaser(hub.clone(), shutdown_rx.clone()),
         ];
         tasks.extend(leaderboard_tasks);
 

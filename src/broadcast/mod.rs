@@ -117,6 +117,9 @@ pub struct Hub {
     sockets: Mutex<Registry>,
     next_socket: AtomicU64,
     connections: AtomicUsize,
+    /// The most sockets open at once since freed memory was last given
+    /// back to the kernel ([`start_memory_releaser`]).
+    peak_since_release: AtomicUsize,
     sales: Mutex<HashMap<i64, SaleSlot>>,
     /// Sales changed since the last sale flush: conflated, like prices.
     dirty_sales: Mutex<HashSet<i64>>,
@@ -139,6 +142,7 @@ impl Hub {
             sockets: Mutex::new(Registry::default()),
             next_socket: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            peak_since_release: AtomicUsize::new(0),
             sales: Mutex::new(HashMap::new()),
             dirty_sales: Mutex::new(HashSet::new()),
             leaderboard: Mutex::new(None),
@@ -218,6 +222,8 @@ impl Hub {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        self.peak_since_release
+            .fetch_max(before + 1, Ordering::AcqRel);
         Some(ConnectionSlot { hub: self.clone() })
     }
 
@@ -482,6 +488,64 @@ pub fn start_sale_flusher(
             }
         }
     })
+}
+
+/// How often the memory releaser looks at the socket count.
+const RELEASE_CHECK: Duration = Duration::from_secs(1);
+/// Sockets that must have closed since the last release before another is
+/// worth walking the allocator's arenas for: at least this many, and at
+/// least a quarter of the most that were open.
+pub const RELEASE_AFTER_CLOSED: usize = 100;
+
+/// Whether the fall from `peak` sockets to `open` is worth a release.
+fn worth_releasing(peak: usize, open: usize) -> bool {
+    let closed = peak.saturating_sub(open);
+    closed >= RELEASE_AFTER_CLOSED && closed.saturating_mul(4) >= peak
+}
+
+/// Once many sockets have closed, gives what they freed back to the kernel
+/// ([`crate::memory::release_free_memory`]), so a replica shrinks after a
+/// crowd leaves rather than keeping its peak. A steady crowd, however busy,
+/// never triggers it.
+pub fn start_memory_releaser(
+    hub: Arc<Hub>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(RELEASE_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = every.tick() => {
+                    let open = hub.connections();
+                    let peak = hub.peak_since_release.load(Ordering::Acquire);
+                    if worth_releasing(peak, open) {
+                        hub.peak_since_release.store(open, Ordering::Release);
+                        release_memory(peak, open).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn release_memory(peak: usize, open: usize) {
+    let pid = [std::process::id()];
+    let before = crate::memory::rss_kib(&pid);
+    let started = std::time::Instant::now();
+    let released = tokio::task::spawn_blocking(crate::memory::release_free_memory)
+        .await
+        .unwrap_or(false);
+    tracing::info!(
+        peak,
+        open,
+        released,
+        rss_kib_before = before,
+        rss_kib_after = crate::memory::rss_kib(&pid),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "sockets closed; freed memory given back to the kernel"
+    );
 }
 
 /// A held connection slot; released on drop.
@@ -762,6 +826,30 @@ impl PurchaseNotifier for BusPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_released_once_a_quarter_of_the_peak_and_a_hundred_sockets_have_closed() {
+        assert!(worth_releasing(800, 1));
+        assert!(worth_releasing(400, 300));
+        assert!(!worth_releasing(401, 302), "99 closed");
+        assert!(!worth_releasing(50_000, 37_501), "under a quarter");
+        assert!(worth_releasing(50_000, 37_500));
+        assert!(!worth_releasing(0, 0));
+        assert!(!worth_releasing(10, 20), "more open than the peak");
+    }
+
+    #[test]
+    fn the_hub_remembers_the_most_sockets_open_since_the_last_release() {
+        let hub = Arc::new(Hub::new());
+        let slots: Vec<_> = (0..150).filter_map(|_| hub.admit(1_000)).collect();
+        assert_eq!(slots.len(), 150);
+        assert_eq!(hub.admit(150).map(|_| ()), None, "past max_connections");
+        drop(slots);
+        assert_eq!(hub.connections(), 0);
+        let peak = hub.peak_since_release.load(Ordering::Acquire);
+        assert_eq!(peak, 150, "a refused socket does not count");
+        assert!(worth_releasing(peak, hub.connections()));
+    }
 
     fn tick(player: i64, seq: i64, price: i64) -> BusTick {
         BusTick {

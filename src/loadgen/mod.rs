@@ -297,7 +297,7 @@ fn new_worker() -> Worker {
 
 /// Resident memory of `pid` in MiB, from /proc.
 fn rss_mib(pid: u32) -> Option<f64> {
-    ws::rss_kib(&[pid]).map(|kib| (kib as f64 / 1024.0 * 10.0).round() / 10.0)
+    crate::memory::rss_kib(&[pid]).map(|kib| (kib as f64 / 1024.0 * 10.0).round() / 10.0)
 }
 
 /// Prints one line per window: requests, latency percentiles, statuses and

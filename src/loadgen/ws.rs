@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::memory::rss_kib;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
@@ -579,28 +580,6 @@ async fn run_socket(
     shared.open.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Sum of VmRSS (KiB) over `pids`; `None` if there are none or one is unreadable.
-pub fn rss_kib(pids: &[u32]) -> Option<u64> {
-    if pids.is_empty() {
-        return None;
-    }
-    pids.iter()
-        .map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            vm_rss_kib(&status)
-        })
-        .sum()
-}
-
-/// The `VmRSS:` figure (KiB) of a /proc status file.
-pub fn vm_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-}
-
 /// CPU seconds (user + system) used so far by `pid`, from /proc/PID/stat.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1097,9 +1076,6 @@ mod tests {
 
     #[test]
     fn proc_files_parse() {
-        let status = "Name:\tmatchday\nVmPeak:\t  999 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
-        assert_eq!(vm_rss_kib(status), Some(12345));
-        assert_eq!(vm_rss_kib("Name: x\n"), None);
         let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
                       Max open files            1024                 20000                files     \n";
         assert_eq!(open_files_limit(limits), Some(1024));
