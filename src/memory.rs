@@ -26,7 +26,7 @@ pub fn tune_allocator() {
 /// Hands the free pages inside glibc's arenas back to the kernel and returns
 /// whether any went. glibc returns only the top of an arena on `free`; what
 /// hundreds of closed sockets freed in the middle of one stays resident
-/// (the abuse test saw 33–60 MiB of it after every hostile socket had
+/// (the abuse test saw 29–60 MiB of it after every hostile socket had
 /// closed, 2 MiB after a trim). It walks every arena under that arena's
 /// lock, so call it off the async workers and only after a real drop in
 /// load. Elsewhere than glibc it does nothing.

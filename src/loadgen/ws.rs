@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::memory::rss_kib;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
@@ -31,6 +30,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::memory::rss_kib;
 
 /// Usage of `matchday loadgen ws`.
 pub const HELP: &str = "usage: matchday loadgen ws [--url ws://127.0.0.1:8080/ws]... [--sockets N]

@@ -41,8 +41,8 @@ const BYTES_PER_SOCKET: u64 = 64 * 1024;
 /// players (under 20 KiB).
 const BYTES_PER_SLEEPER: u64 = 32 * 20 * 1024;
 /// Left over once every hostile socket is gone and the replica has given
-/// what they freed back to the kernel (2–3 MiB here; without the release,
-/// glibc kept 33–60 MiB of it).
+/// what they freed back to the kernel (1–5 MiB here; without the release,
+/// glibc kept 29–60 MiB of it).
 const RESIDUE_BYTES: u64 = 16 * 1024 * 1024;
 /// How long the replica may take to give that memory back: it looks at its
 /// socket count every second.
@@ -496,8 +496,9 @@ async fn hostile_sockets_are_shed_while_memory_stays_bounded_and_others_are_serv
         + SLEEPERS as u64 * BYTES_PER_SLEEPER;
     eprintln!(
         "abuse: {} subscribe ops, {sockets} hostile sockets, {abuse:?}; RSS baseline {} MiB, \
-         peak {} MiB (bound {} MiB), after {} MiB ({released_after:?} after the last close); observer {frames} price frames, longest gap \
-         {longest_gap:?}; REST {answered} probes, slowest {slowest:?}",
+         peak {} MiB (bound {} MiB), after {} MiB ({released_after:?} after the last close); \
+         observer {frames} price frames, longest gap {longest_gap:?}; REST {answered} probes, \
+         slowest {slowest:?}",
         CHURNERS * OPS_PER_CHURNER,
         baseline >> 20,
         peak >> 20,
